@@ -1,0 +1,1 @@
+"""Files -> knowledge base: loaders, chunking and the incremental ingest pipeline."""

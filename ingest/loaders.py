@@ -1,0 +1,200 @@
+"""One loader per format; each turns a file into Pages that know their page number.
+
+A loader raises :class:`LoadError` with a message a user can act on (what is wrong, what to do);
+the pipeline records it against the file and carries on with the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rag.types import Page
+
+
+class LoadError(Exception):
+    """The file cannot be turned into text. `status` is "failed" or "empty"."""
+
+    def __init__(self, message: str, status: str = "failed") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Loader = Callable[[Path, bytes], list[Page]]
+
+_SNIFF_BYTES = 8192
+
+
+def decode_text(data: bytes, path: Path) -> str:
+    """Bytes -> str for text formats: UTF-8 (with or without BOM) first, else detected.
+
+    Detection matters for Chinese users, whose older files are often GBK/GB18030.
+    """
+    if b"\x00" in data[:_SNIFF_BYTES] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LoadError(
+            f"{path.name}: looks binary (NUL bytes), not text; check the file or give it the right extension"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None:
+        raise LoadError(
+            f"{path.name}: cannot detect the text encoding; convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)"
+        )
+    # A lone match with many undecodable runs is a binary file wearing a text extension.
+    if best.chaos > 0.5:
+        raise LoadError(f"{path.name}: does not decode as text in any known encoding; is it binary?")
+    return str(best)
+
+
+def load_text(path: Path, data: bytes) -> list[Page]:
+    return [Page(decode_text(data, path), str(path))]
+
+
+def load_html(path: Path, data: bytes) -> list[Page]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(decode_text(data, path), "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    title = soup.title.get_text(strip=True) if soup.title else ""
+    body = soup.body or soup
+    lines = (line.strip() for line in body.get_text("\n").splitlines())
+    text = "\n".join(line for line in lines if line)
+    return [Page(text, str(path), metadata={"title": title} if title else {})]
+
+
+def load_pdf(path: Path, data: bytes) -> list[Page]:
+    """One Page per PDF page, so chunks never straddle pages and citations name the page."""
+    from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError, PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise FileNotDecryptedError("password required")
+        raw_pages = list(reader.pages)
+    except (FileNotDecryptedError, NotImplementedError) as exc:
+        raise LoadError(
+            f"{path.name}: encrypted PDF ({exc}); decrypt it first (e.g. qpdf --decrypt in.pdf out.pdf)"
+        ) from exc
+    except (PdfReadError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise LoadError(f"{path.name}: not a readable PDF ({exc}); re-export or repair it") from exc
+    pages: list[Page] = []
+    broken: list[int] = []
+    for number, page in enumerate(raw_pages, start=1):
+        try:
+            text = page.extract_text() or ""
+        except Exception:  # pypdf raises many types on damaged content streams
+            broken.append(number)
+            continue
+        pages.append(Page(text, str(path), page_no=number))
+    if broken and not pages:
+        raise LoadError(f"{path.name}: no page could be read (damaged content); re-export or repair it")
+    if not any(p.text.strip() for p in pages):
+        raise LoadError(
+            f"{path.name}: no text layer on any of its {len(raw_pages)} page(s) (scanned?); "
+            "run OCR first (e.g. ocrmypdf in.pdf out.pdf)",
+            status="empty",
+        )
+    return pages
+
+
+def load_docx(path: Path, data: bytes) -> list[Page]:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise LoadError(f"{path.name}: not a readable .docx ({exc}); re-save it from Word") from exc
+    blocks = [p.text for p in document.paragraphs if p.text.strip()]
+    for table in document.tables:
+        for row in table.rows:
+            cells = [c.text.strip() for c in row.cells]
+            if any(cells):
+                blocks.append(" | ".join(cells))
+    return [Page("\n\n".join(blocks), str(path))]
+
+
+def _rows_as_text(header: list[str], rows: Iterator[list[str]]) -> str:
+    """Each row becomes 'col: value; col: value' so a chunk keeps the meaning of its cells."""
+    lines = []
+    for row in rows:
+        pairs = [f"{h}: {v}" for h, v in zip(header, row, strict=False) if str(v).strip()]
+        if pairs:
+            lines.append("; ".join(pairs))
+    return "\n".join(lines)
+
+
+def load_csv(path: Path, data: bytes) -> list[Page]:
+    text = decode_text(data, path)
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    header = next(reader, None)
+    if header is None:
+        return [Page("", str(path))]
+    return [Page(_rows_as_text([h.strip() for h in header], reader), str(path))]
+
+
+def load_xlsx(path: Path, data: bytes) -> list[Page]:
+    """One Page per sheet (page_no = sheet position), rows as text with their header."""
+    import openpyxl
+
+    try:
+        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException
+        raise LoadError(f"{path.name}: not a readable .xlsx ({exc}); re-save it from Excel") from exc
+    pages = []
+    for number, sheet in enumerate(workbook.worksheets, start=1):
+        rows = ([("" if c is None else str(c)) for c in row] for row in sheet.iter_rows(values_only=True))
+        header = next(rows, None) or []
+        text = _rows_as_text(header, rows)
+        pages.append(Page(text, str(path), page_no=number, metadata={"sheet": sheet.title}))
+    workbook.close()
+    return pages
+
+
+LOADERS: dict[str, Loader] = {
+    ".pdf": load_pdf,
+    ".txt": load_text,
+    ".text": load_text,
+    ".md": load_text,
+    ".markdown": load_text,
+    ".rst": load_text,
+    ".html": load_html,
+    ".htm": load_html,
+    ".docx": load_docx,
+    ".csv": load_csv,
+    ".tsv": load_csv,
+    ".xlsx": load_xlsx,
+}
+
+
+def is_supported(path: Path) -> bool:
+    return path.suffix.lower() in LOADERS
+
+
+def load_file(path: Path, data: bytes) -> list[Page]:
+    """Pages of `path` (whose bytes the caller already read and hashed)."""
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        supported = ", ".join(sorted(LOADERS))
+        raise LoadError(f"{path.name}: unsupported format {path.suffix or '(none)'}; supported: {supported}")
+    if not data.strip():
+        raise LoadError(f"{path.name}: file is empty", status="empty")
+    pages = loader(path, data)
+    if not any(p.text.strip() for p in pages):
+        raise LoadError(f"{path.name}: no text found in the file", status="empty")
+    return pages

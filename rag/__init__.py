@@ -1,0 +1,1 @@
+"""The core of the document question-answering system: everything a query needs."""

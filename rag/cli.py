@@ -1,0 +1,262 @@
+"""`rag`: the command line.  Settings are built here once and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from rag.config import ConfigError, Settings, load_settings
+from rag.kb import KBError, KnowledgeBase, delete_base, list_bases
+
+app = typer.Typer(
+    help="Ask questions of your documents: ingest files into a knowledge base, then query it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+kb_app = typer.Typer(help="List, inspect and edit knowledge bases.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="settings file (default: ./rag.toml if present)")
+    ] = None,
+) -> None:
+    """Settings come from rag.toml (or --config) with RAG_* environment overrides."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        ctx.obj = load_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
+
+
+def _open_kb(settings: Settings, name: str | None) -> KnowledgeBase:
+    root = settings.kb_dir(name or settings.default_kb)
+    try:
+        return KnowledgeBase.open(root)
+    except KBError as exc:
+        raise _fail(str(exc)) from exc
+
+
+# ---- ingest --------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="files and folders to ingest (folders recursively)")],
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base name (default: settings.default_kb)")] = None,
+    glob: Annotated[
+        str | None, typer.Option("--glob", help="only files whose name or path matches, e.g. '*.pdf'")
+    ] = None,
+    sync: Annotated[bool, typer.Option("--sync", help="also remove documents whose files are gone from PATHS")] = False,
+) -> None:
+    """Load, chunk and embed documents into a knowledge base.
+
+    Re-running skips unchanged files and replaces changed ones. Exit status: 0 all files
+    ingested, 1 some could not be (the rest are committed), 2 usage or configuration error.
+    """
+    from ingest.cli_progress import RichProgress
+    from ingest.pipeline import IngestPipeline, open_for_ingest
+    from rag.embed import Embedder
+    from rag.models import ModelNotAvailable
+
+    settings = _settings(ctx)
+    name = kb or settings.default_kb
+    embedder = Embedder(settings.embed)
+    try:
+        base = open_for_ingest(settings, name, embedder)
+        pipeline = IngestPipeline(settings, embedder, base)
+        with RichProgress(err) as progress:
+            report = pipeline.run(paths, pattern=glob, sync=sync, progress=progress)
+    except (KBError, ModelNotAvailable, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    _print_report(name, report)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_report(name: str, report) -> None:
+    out.print(f"[bold]ingest into {name!r}[/] -> generation {report.generation}", highlight=False)
+    table = Table(box=box.SIMPLE)
+    table.add_column("files")
+    table.add_column("", justify="right")
+    table.add_column("chunks")
+    table.add_column("", justify="right")
+    files = ["added", "updated", "unchanged", "duplicate", "removed", "failed", "empty"]
+    chunks = [
+        ("written", str(report.chunks_written)),
+        ("seconds", f"{report.seconds:.1f}"),
+        ("chunks/s", f"{report.chunks_per_second:.1f}"),
+    ]
+    for i, key in enumerate(files):
+        right = chunks[i] if i < len(chunks) else ("", "")
+        table.add_row(key, str(getattr(report, key)), *right)
+    out.print(table)
+    if report.interrupted:
+        out.print("[yellow]interrupted[/]: finished files are committed; run the same command to continue.")
+    elif not (report.added or report.updated or report.removed or report.duplicate):
+        out.print("nothing new: every file is already in the knowledge base.")
+    if report.problems:
+        out.print(f"[red]{len(report.problems)} file(s) not ingested[/] (see `rag kb show {name}`).")
+
+
+# ---- kb ------------------------------------------------------------------------------------
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@kb_app.command("list")
+def kb_list(ctx: typer.Context) -> None:
+    """Knowledge bases in the data directory."""
+    settings = _settings(ctx)
+    bases = list_bases(settings.data_dir)
+    if not bases:
+        out.print(f"no knowledge bases in {settings.data_dir}; create one with `rag ingest PATH --kb NAME`")
+        return
+    table = Table("name", "documents", "chunks", "model", "size", "generation")
+    for root in bases:
+        with KnowledgeBase.open(root) as base:
+            meta = base.meta()
+            table.add_row(
+                root.name,
+                str(len(base.documents())),
+                str(base.chunk_count()),
+                meta["embed_model"],
+                _human(base.size_on_disk()),
+                str(meta["generation"]),
+            )
+    out.print(table)
+
+
+@kb_app.command("show")
+def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowledge base")]) -> None:
+    """Documents, chunk counts, model, size on disk, and the files that failed and why."""
+    with _open_kb(_settings(ctx), name) as base:
+        meta = base.meta()
+        docs = base.documents()
+        out.print(f"[bold]{name}[/]  {base.root}")
+        out.print(
+            f"model {meta['embed_model']} (dim {meta['embed_dim']}) | {len(docs)} documents | "
+            f"{base.chunk_count()} chunks | {_human(base.size_on_disk())} | generation {meta['generation']}",
+            highlight=False,
+        )
+        table = Table("document", "status", "pages", "chunks", "size")
+        by_id = {d.doc_id: d for d in docs}
+        for d in docs:
+            status = d.status
+            if d.status == "duplicate" and d.content_of in by_id:
+                status = f"duplicate of {Path(by_id[d.content_of].path).name}"
+            table.add_row(
+                _display(d.path),
+                status,
+                "" if d.pages is None else str(d.pages),
+                str(d.chunks),
+                "" if d.size is None else _human(d.size),
+            )
+        out.print(table)
+        bad = [d for d in docs if d.status in ("failed", "empty")]
+        if bad:
+            out.print("[bold red]not ingested[/]")
+            for d in bad:
+                out.print(f"  {_display(d.path)} [{d.status}]: {d.error}", highlight=False)
+
+
+def _display(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+@kb_app.command("rm")
+def kb_rm(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="knowledge base")],
+    files: Annotated[list[str], typer.Argument(help="documents to remove: path, or file name if unique")],
+) -> None:
+    """Remove documents (and their vectors) from a knowledge base; nothing is re-embedded."""
+    from rag.kb import KBWriter
+
+    with _open_kb(_settings(ctx), name) as base:
+        docs = base.documents()
+        targets = [_match_document(docs, f) for f in files]
+        try:
+            with KBWriter(base) as writer:
+                chunks = writer.remove_documents(d.doc_id for d in targets)
+                gen = writer.commit()
+        except KBError as exc:
+            raise _fail(str(exc), 1) from exc
+        out.print(f"removed {len(targets)} document(s), {chunks} chunk(s); generation {gen}")
+
+
+def _match_document(docs, wanted: str):
+    exact = os.path.abspath(wanted)
+    hits = [d for d in docs if d.path == exact] or [
+        d for d in docs if d.path.endswith(os.sep + wanted) or Path(d.path).name == wanted
+    ]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise _fail(f"no document matches {wanted!r}; see `rag kb show` for the paths")
+    names = "\n  ".join(d.path for d in hits)
+    raise _fail(f"{wanted!r} matches {len(hits)} documents; give the full path:\n  {names}")
+
+
+@kb_app.command("delete")
+def kb_delete(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="knowledge base")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete a whole knowledge base from disk."""
+    root = _settings(ctx).kb_dir(name)
+    if not KnowledgeBase.exists(root):
+        raise _fail(f"no knowledge base named {name!r} in {root.parent}")
+    if not yes and not typer.confirm(f"delete knowledge base {name!r} at {root}?"):
+        raise typer.Exit(1)
+    try:
+        delete_base(root)
+    except KBError as exc:
+        raise _fail(str(exc), 1) from exc
+    out.print(f"deleted {name}")
+
+
+# ---- config --------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective settings (file + environment + defaults) as TOML."""
+    import tomli_w
+
+    data = _settings(ctx).model_dump(mode="json")
+    out.print(tomli_w.dumps(data), end="", highlight=False, markup=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,138 @@
+"""One typed Settings object: `rag.toml` (or `--config PATH`) overridden by `RAG_*` env vars.
+
+Built once by the CLI (or a test) with :func:`load_settings` and passed down; no module reads
+the environment at import time.  Nested sections are overridden with a double underscore:
+``RAG_EMBED__BATCH_SIZE=64``, ``RAG_CHUNK__SIZE=200``; top-level fields directly:
+``RAG_DATA_DIR=/srv/rag``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_NAME = "rag.toml"
+
+
+class _Section(BaseModel):
+    # A typo in rag.toml ("chunk.sise") should be an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedSettings(_Section):
+    model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="sentence-transformers model: a hub id, a local folder, or a packaged default",
+    )
+    batch_size: int = Field(32, ge=1, description="texts per encode call")
+    device: str = Field("cpu", description="torch device for the embedder")
+    normalize: bool = Field(True, description="L2-normalize vectors (inner product = cosine)")
+    query_prefix: str = Field("", description="prepended to queries (e5 models want 'query: ')")
+    passage_prefix: str = Field("", description="prepended to chunks (e5 models want 'passage: ')")
+
+
+class ChunkSettings(_Section):
+    size: int = Field(250, ge=16, description="chunk size in embedding-model tokens")
+    overlap: int = Field(32, ge=0, description="overlap between neighbouring chunks, in tokens")
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, v: int, info: Any) -> int:
+        size = info.data.get("size", 250)
+        if v >= size:
+            raise ValueError(f"chunk.overlap ({v}) must be smaller than chunk.size ({size})")
+        return v
+
+
+class IngestSettings(_Section):
+    commit_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="commit progress at most this often during a long ingest (0 = after every batch)",
+    )
+    max_file_mb: float = Field(200.0, gt=0, description="files larger than this are refused")
+    include_hidden: bool = Field(False, description="also ingest dot-files and dot-folders")
+
+
+class Settings(BaseSettings):
+    """Everything the product can be told, with defaults that work with no file at all."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(),
+        description="where knowledge bases live (<data_dir>/kb/<name>/)",
+    )
+    default_kb: str = Field("default", description="knowledge base used when --kb is not given")
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    chunk: ChunkSettings = Field(default_factory=ChunkSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(v).expanduser()
+
+    def kb_dir(self, name: str) -> Path:
+        return self.data_dir / "kb" / name
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "rag"
+
+
+class ConfigError(ValueError):
+    """The config file or environment holds something invalid; the message says what."""
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    """`--config PATH` wins; otherwise `rag.toml` in the current folder if there is one."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return explicit
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the Settings: init overrides > RAG_* env > config file > defaults."""
+    path = find_config(config)
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    try:
+        built = _FileSettings(**overrides)
+    except Exception as exc:  # pydantic ValidationError or a TOML syntax error
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc
+    # Hand back the plain type so nothing downstream sees the throwaway subclass.
+    return Settings.model_construct(**dict(built))

@@ -1,0 +1,545 @@
+"""KnowledgeBase: one folder on disk holding documents, chunks, vectors and a BM25 index.
+
+Layout of ``<data_dir>/kb/<name>/``:
+
+- ``kb.sqlite`` (WAL): ``documents``, ``chunks`` (chunk_id = FAISS id), ``meta``.
+- ``dense-<G>.faiss``: ``IndexIDMap2`` over an inner-product index, for generation G.
+- ``bm25-<G>/``: a bm25s index plus ``ids.npy`` (row -> chunk_id), for generation G.
+- ``write.lock``: held by the one process writing.
+
+Atomicity: the SQLite COMMIT that bumps ``meta.generation`` is the single commit point.  The
+index files of generation G+1 are written completely (tmp + fsync + rename) *before* that
+commit, under names no reader opens until the commit says G+1 exists.  A crash at any moment
+therefore leaves generation G intact and readable; the next writer deletes the orphans.
+(DESIGN.md sketched fixed names swapped in *after* the commit; that leaves a window where the
+database says G+1 while the files still hold G, so generation-named files are used instead.)
+The previous generation's files are kept one commit longer so that a reader that has just read
+the generation number can still open them.  Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.embed import EmbedderIdentity
+from rag.types import Chunk
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    path       TEXT NOT NULL UNIQUE,
+    sha256     TEXT,
+    size       INTEGER,
+    mtime      REAL,
+    status     TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'empty', 'duplicate')),
+    error      TEXT,
+    pages      INTEGER,
+    chunks     INTEGER NOT NULL DEFAULT 0,
+    chunker    TEXT,
+    content_of INTEGER REFERENCES documents(doc_id),
+    added_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id   INTEGER PRIMARY KEY,
+    doc_id     INTEGER NOT NULL REFERENCES documents(doc_id),
+    ordinal    INTEGER NOT NULL,
+    page       INTEGER,
+    char_start INTEGER NOT NULL,
+    char_end   INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    tokens     TEXT NOT NULL,
+    metadata   TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+"""
+
+_GEN_FILE = re.compile(r"^(dense|bm25)-(\d+)(\.faiss)?(\.tmp)?$")
+
+
+class KBError(Exception):
+    """A knowledge-base problem a user can act on; the message says what and how."""
+
+
+class ModelMismatch(KBError):
+    pass
+
+
+class KBLocked(KBError):
+    pass
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    doc_id: int
+    path: str
+    sha256: str | None
+    size: int | None
+    mtime: float | None
+    status: str
+    error: str | None
+    pages: int | None
+    chunks: int
+    chunker: str | None
+    content_of: int | None
+    added_at: float
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.iterdir():
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+class KnowledgeBase:
+    """Read side: documents, chunks and the indexes of the latest committed generation.
+
+    Index objects are loaded lazily and reloaded when another process commits a new generation,
+    so a long-running reader (the UI) always sees a complete generation.
+    """
+
+    def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
+        self.root = root
+        self.conn = conn
+        self._dense: tuple[int, Any] | None = None
+        self._bm25: tuple[int, Any, np.ndarray] | None = None
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, root: Path) -> bool:
+        return (root / "kb.sqlite").is_file()
+
+    @classmethod
+    def open(cls, root: Path) -> KnowledgeBase:
+        if not cls.exists(root):
+            raise KBError(f"no knowledge base at {root}; create it with `rag ingest PATH --kb {root.name}`")
+        kb = cls(root, _connect(root / "kb.sqlite"))
+        kb._check_schema()
+        return kb
+
+    @classmethod
+    def create(cls, root: Path, identity: EmbedderIdentity) -> KnowledgeBase:
+        """Open, creating the folder and an empty generation 0 if it is new."""
+        root.mkdir(parents=True, exist_ok=True)
+        conn = _connect(root / "kb.sqlite")
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        defaults = {
+            "schema_version": SCHEMA_VERSION,
+            "embed_model": identity.name,
+            "embed_dim": identity.dimension,
+            "embed_normalize": identity.normalize,
+            "generation": 0,
+            "next_chunk_id": 1,
+            "created_at": time.time(),
+        }
+        conn.executemany(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in defaults.items()],
+        )
+        conn.execute("COMMIT")
+        kb = cls(root, conn)
+        kb._check_schema()
+        kb.check_embedder(identity.name, identity.normalize, identity.dimension)
+        return kb
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_schema(self) -> None:
+        version = self.meta().get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise KBError(f"{self.root} has storage schema {version}, this version of rag reads {SCHEMA_VERSION}")
+
+    def check_embedder(self, name: str, normalize: bool, dimension: int | None = None) -> None:
+        """Refuse vectors from another model: they would be silently meaningless here.
+        `dimension` may be left out when the model is not loaded yet (the name decides)."""
+        meta = self.meta()
+        built = (meta["embed_model"], meta["embed_normalize"])
+        if built != (name, normalize) or dimension not in (None, meta["embed_dim"]):
+            asked = f"{name!r} (normalize={normalize}" + (f", dim {dimension})" if dimension else ")")
+            raise ModelMismatch(
+                f"knowledge base {self.name!r} was built with embedding model {meta['embed_model']!r} "
+                f"(normalize={meta['embed_normalize']}, dim {meta['embed_dim']}), but the settings ask for "
+                f"{asked}. Set embed.model = {meta['embed_model']!r} (or RAG_EMBED__MODEL) to use this base, "
+                "or ingest into a new knowledge base with --kb."
+            )
+
+    # ---- metadata ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    @property
+    def generation(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(json.loads(row[0]))
+
+    def documents(self, status: str | None = None) -> list[DocumentInfo]:
+        sql = "SELECT * FROM documents"
+        args: tuple[Any, ...] = ()
+        if status:
+            sql += " WHERE status = ?"
+            args = (status,)
+        return [DocumentInfo(*row) for row in self.conn.execute(sql + " ORDER BY path", args)]
+
+    def document_by_path(self, path: str) -> DocumentInfo | None:
+        row = self.conn.execute("SELECT * FROM documents WHERE path = ?", (path,)).fetchone()
+        return DocumentInfo(*row) if row else None
+
+    def chunk_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+        """Chunks by id, joined to their document's path (ids missing since are left out)."""
+        out: dict[int, Chunk] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            part = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(part))
+            rows = self.conn.execute(
+                "SELECT c.chunk_id, c.doc_id, c.ordinal, c.page, c.char_start, c.char_end, c.text, "
+                f"c.metadata, d.path FROM chunks c JOIN documents d USING (doc_id) WHERE c.chunk_id IN ({marks})",
+                part,
+            )
+            for cid, did, ordinal, page, start_, end, text, meta, path in rows:
+                out[cid] = Chunk(text, path, page, ordinal, start_, end, json.loads(meta), cid, did)
+        return out
+
+    # ---- indexes of the committed generation ---------------------------------------------
+    def dense_index(self):
+        """The FAISS index of the latest generation (reloaded when it changes)."""
+        for _ in range(3):  # a writer may retire the file between reading meta and opening it
+            gen = self.generation
+            if self._dense and self._dense[0] == gen:
+                return self._dense[1]
+            try:
+                self._dense = (gen, read_dense(self.root, gen, self.meta()["embed_dim"]))
+                return self._dense[1]
+            except FileNotFoundError:
+                continue
+        raise KBError(f"{self.root}: dense index for generation {self.generation} is missing")
+
+    def bm25_index(self) -> tuple[Any, np.ndarray] | None:
+        """(bm25s.BM25, row -> chunk_id) of the latest generation, or None when it holds no chunks."""
+        for _ in range(3):
+            gen = self.generation
+            if self._bm25 and self._bm25[0] == gen:
+                return self._bm25[1], self._bm25[2]
+            folder = self.root / f"bm25-{gen}"
+            if gen == 0 or (not folder.exists() and self.chunk_count() == 0):
+                return None
+            try:
+                import bm25s
+
+                model = bm25s.BM25.load(str(folder), mmap=False, load_corpus=False)
+                ids = np.load(folder / "ids.npy", allow_pickle=False)
+            except FileNotFoundError:
+                continue
+            self._bm25 = (gen, model, ids)
+            return model, ids
+        raise KBError(f"{self.root}: BM25 index for generation {self.generation} is missing")
+
+
+def dense_path(root: Path, gen: int) -> Path:
+    return root / f"dense-{gen}.faiss"
+
+
+def read_dense(root: Path, gen: int, dim: int):
+    import faiss
+
+    if gen == 0:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    return faiss.read_index(str(dense_path(root, gen)))
+
+
+class KBWriter:
+    """The one writer of a base: stages changes in an open SQLite transaction and commits them
+    together with freshly written index files (see the module docstring)."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self._lock_fh = open(kb.root / "write.lock", "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_fh.close()
+            raise KBLocked(
+                f"knowledge base {kb.name!r} is being written by another process; wait for it to finish"
+            ) from exc
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(str(os.getpid()))
+        self._lock_fh.flush()
+        self._remove_orphans()
+        self.conn = kb.conn
+        self.dim = int(kb.meta()["embed_dim"])
+        self.generation = kb.generation
+        self.index = read_dense(kb.root, self.generation, self.dim)
+        self.dirty = False
+
+    # ---- staging (inside one open transaction) ----------------------------------------------
+    def _begin(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self.dirty = True
+
+    def _next_ids(self, n: int) -> np.ndarray:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'next_chunk_id'").fetchone()
+        first = int(json.loads(row[0]))
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'next_chunk_id'", (json.dumps(first + n),))
+        return np.arange(first, first + n, dtype=np.int64)
+
+    def put_document(
+        self,
+        *,
+        path: str,
+        sha256: str | None,
+        size: int | None,
+        mtime: float | None,
+        status: str,
+        error: str | None = None,
+        pages: int | None = None,
+        chunker: str | None = None,
+        chunks: Sequence[Chunk] = (),
+        vectors: np.ndarray | None = None,
+        content_of: int | None = None,
+    ) -> int:
+        """Insert or replace the document at `path` with its chunks and their vectors."""
+        self._begin()
+        old = self.conn.execute("SELECT doc_id FROM documents WHERE path = ?", (path,)).fetchone()
+        if old:
+            self.remove_documents([old[0]])
+        cur = self.conn.execute(
+            "INSERT INTO documents(path, sha256, size, mtime, status, error, pages, chunks, chunker, "
+            "content_of, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (path, sha256, size, mtime, status, error, pages, len(chunks), chunker, content_of, time.time()),
+        )
+        doc_id = int(cur.lastrowid)
+        if chunks:
+            if vectors is None or len(vectors) != len(chunks):
+                raise ValueError("every chunk needs exactly one vector")
+            ids = self._next_ids(len(chunks))
+            from rag.lexical import tokenize
+
+            self.conn.executemany(
+                "INSERT INTO chunks(chunk_id, doc_id, ordinal, page, char_start, char_end, text, tokens, "
+                "metadata) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        int(cid),
+                        doc_id,
+                        c.ordinal,
+                        c.page_no,
+                        c.char_start,
+                        c.char_end,
+                        c.text,
+                        " ".join(tokenize(c.text)),
+                        json.dumps(c.metadata, ensure_ascii=False),
+                    )
+                    for cid, c in zip(ids, chunks, strict=True)
+                ],
+            )
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        return doc_id
+
+    def touch(self, doc_id: int, *, path: str, mtime: float, size: int) -> None:
+        """Same content seen again (moved back, re-saved): update what identifies it cheaply."""
+        self._begin()
+        self.conn.execute(
+            "UPDATE documents SET path = ?, mtime = ?, size = ? WHERE doc_id = ?", (path, mtime, size, doc_id)
+        )
+
+    def remove_documents(self, doc_ids: Iterable[int]) -> int:
+        """Remove documents and their vectors; a duplicate of a removed document inherits its
+        chunks, so content stored once stays while any path still holds it. Returns chunks removed."""
+        self._begin()
+        removed = 0
+        for doc_id in doc_ids:
+            heir = self.conn.execute(
+                "SELECT doc_id FROM documents WHERE content_of = ? ORDER BY doc_id LIMIT 1", (doc_id,)
+            ).fetchone()
+            if heir:
+                self._promote(doc_id, heir[0])
+            else:
+                ids = np.array(
+                    [r[0] for r in self.conn.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))],
+                    dtype=np.int64,
+                )
+                if len(ids):
+                    self.index.remove_ids(ids)
+                    self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+                    removed += len(ids)
+            self.conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+        return removed
+
+    def _promote(self, doc_id: int, heir: int) -> None:
+        self.conn.execute("UPDATE chunks SET doc_id = ? WHERE doc_id = ?", (heir, doc_id))
+        self.conn.execute(
+            "UPDATE documents SET (status, error, pages, chunks, chunker, content_of) = "
+            "(SELECT status, error, pages, chunks, chunker, NULL FROM documents WHERE doc_id = ?) "
+            "WHERE doc_id = ?",
+            (doc_id, heir),
+        )
+        self.conn.execute("UPDATE documents SET content_of = ? WHERE content_of = ?", (heir, doc_id))
+
+    # ---- committing ----------------------------------------------------------------------
+    def commit(self) -> int:
+        """Make everything staged since the last commit durable and visible, as one generation."""
+        if not self.dirty:
+            return self.generation
+        gen = self.generation + 1
+        try:
+            self._write_dense(gen)
+            self._write_bm25(gen)
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (json.dumps(gen),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self.generation = gen
+        self.dirty = False
+        self._retire_old(gen)
+        return gen
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        self.index = read_dense(self.kb.root, self.generation, self.dim)
+        self.dirty = False
+
+    def _write_dense(self, gen: int) -> None:
+        import faiss
+
+        final = dense_path(self.kb.root, gen)
+        tmp = final.with_name(final.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.kb.root)
+
+    def _write_bm25(self, gen: int) -> None:
+        rows = self.conn.execute("SELECT chunk_id, tokens FROM chunks ORDER BY chunk_id").fetchall()
+        if not rows:
+            return
+        import bm25s
+
+        model = bm25s.BM25()
+        # An all-stopword chunk has no tokens; bm25s needs at least one per document.
+        model.index([t.split() or [""] for _, t in rows], show_progress=False)
+        final = self.kb.root / f"bm25-{gen}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(str(tmp), show_progress=False)
+        np.save(tmp / "ids.npy", np.array([r[0] for r in rows], dtype=np.int64), allow_pickle=False)
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(self.kb.root)
+
+    def _generation_files(self) -> list[tuple[Path, int, bool]]:
+        out = []
+        for entry in self.kb.root.iterdir():
+            m = _GEN_FILE.match(entry.name)
+            if m:
+                out.append((entry, int(m.group(2)), bool(m.group(4))))
+        return out
+
+    def _remove_orphans(self) -> None:
+        """Files of generations that never committed (a crash mid-commit), and temp files."""
+        committed = self.kb.generation
+        for entry, gen, is_tmp in self._generation_files():
+            if is_tmp or gen > committed:
+                _remove(entry)
+
+    def _retire_old(self, gen: int) -> None:
+        for entry, g, _ in self._generation_files():
+            if g < gen - 1:
+                _remove(entry)
+
+    def close(self) -> None:
+        if self.conn.in_transaction:
+            self.rollback()
+        self.release_lock()
+
+    def release_lock(self) -> None:
+        if not self._lock_fh.closed:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+
+    def __enter__(self) -> KBWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def list_bases(data_dir: Path) -> list[Path]:
+    root = data_dir / "kb"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if KnowledgeBase.exists(p))
+
+
+def delete_base(root: Path) -> None:
+    """Delete a whole base; refuses while a writer holds it."""
+    if not KnowledgeBase.exists(root):
+        raise KBError(f"no knowledge base at {root}")
+    kb = KnowledgeBase.open(root)
+    writer = KBWriter(kb)  # holds the lock while the folder goes
+    kb.close()
+    try:
+        shutil.rmtree(root)
+    finally:
+        writer.release_lock()
