@@ -33,9 +33,7 @@ def decode_text(data: bytes, path: Path) -> str:
     Detection matters for Chinese users, whose older files are often GBK/GB18030.
     """
     if b"\x00" in data[:_SNIFF_BYTES] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise LoadError(
-            f"{path.name}: looks binary (NUL bytes), not text; check the file or give it the right extension"
-        )
+        raise LoadError("looks binary (NUL bytes), not text; check the file or give it the right extension")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -44,12 +42,10 @@ def decode_text(data: bytes, path: Path) -> str:
 
     best = from_bytes(data).best()
     if best is None:
-        raise LoadError(
-            f"{path.name}: cannot detect the text encoding; convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)"
-        )
+        raise LoadError("cannot detect the text encoding; convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)")
     # A lone match with many undecodable runs is a binary file wearing a text extension.
     if best.chaos > 0.5:
-        raise LoadError(f"{path.name}: does not decode as text in any known encoding; is it binary?")
+        raise LoadError("does not decode as text in any known encoding; is it binary?")
     return str(best)
 
 
@@ -81,11 +77,9 @@ def load_pdf(path: Path, data: bytes) -> list[Page]:
             raise FileNotDecryptedError("password required")
         raw_pages = list(reader.pages)
     except (FileNotDecryptedError, NotImplementedError) as exc:
-        raise LoadError(
-            f"{path.name}: encrypted PDF ({exc}); decrypt it first (e.g. qpdf --decrypt in.pdf out.pdf)"
-        ) from exc
+        raise LoadError(f"encrypted PDF ({exc}); decrypt it first (e.g. qpdf --decrypt in.pdf out.pdf)") from exc
     except (PdfReadError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise LoadError(f"{path.name}: not a readable PDF ({exc}); re-export or repair it") from exc
+        raise LoadError(f"not a readable PDF ({exc}); re-export or repair it") from exc
     pages: list[Page] = []
     broken: list[int] = []
     for number, page in enumerate(raw_pages, start=1):
@@ -96,10 +90,10 @@ def load_pdf(path: Path, data: bytes) -> list[Page]:
             continue
         pages.append(Page(text, str(path), page_no=number))
     if broken and not pages:
-        raise LoadError(f"{path.name}: no page could be read (damaged content); re-export or repair it")
+        raise LoadError("no page could be read (damaged content); re-export or repair it")
     if not any(p.text.strip() for p in pages):
         raise LoadError(
-            f"{path.name}: no text layer on any of its {len(raw_pages)} page(s) (scanned?); "
+            f"no text layer on any of its {len(raw_pages)} page(s) (scanned?); "
             "run OCR first (e.g. ocrmypdf in.pdf out.pdf)",
             status="empty",
         )
@@ -115,7 +109,7 @@ def load_docx(path: Path, data: bytes) -> list[Page]:
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise LoadError(f"{path.name}: not a readable .docx ({exc}); re-save it from Word") from exc
+        raise LoadError(f"not a readable .docx ({exc}); re-save it from Word") from exc
     blocks = [p.text for p in document.paragraphs if p.text.strip()]
     for table in document.tables:
         for row in table.rows:
@@ -155,7 +149,7 @@ def load_xlsx(path: Path, data: bytes) -> list[Page]:
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException
-        raise LoadError(f"{path.name}: not a readable .xlsx ({exc}); re-save it from Excel") from exc
+        raise LoadError(f"not a readable .xlsx ({exc}); re-save it from Excel") from exc
     pages = []
     for number, sheet in enumerate(workbook.worksheets, start=1):
         rows = ([("" if c is None else str(c)) for c in row] for row in sheet.iter_rows(values_only=True))
@@ -191,10 +185,10 @@ def load_file(path: Path, data: bytes) -> list[Page]:
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         supported = ", ".join(sorted(LOADERS))
-        raise LoadError(f"{path.name}: unsupported format {path.suffix or '(none)'}; supported: {supported}")
+        raise LoadError(f"unsupported format {path.suffix or '(none)'}; supported: {supported}")
     if not data.strip():
-        raise LoadError(f"{path.name}: file is empty", status="empty")
+        raise LoadError("file is empty", status="empty")
     pages = loader(path, data)
     if not any(p.text.strip() for p in pages):
-        raise LoadError(f"{path.name}: no text found in the file", status="empty")
+        raise LoadError("no text found in the file", status="empty")
     return pages

@@ -269,7 +269,7 @@ class _Run:
             return
         chunks = self.pipe.chunker.split_pages(pages)
         if not chunks:
-            self.record_problem(Problem(key, "empty", f"{path.name}: no text found"), existing, **stat)
+            self.record_problem(Problem(key, "empty", "no text found"), existing, **stat)
             return
         self.pending.append(_Pending(key, sha, st.st_size, st.st_mtime, len(pages), chunks, existing is not None))
         self.pending_sha.add(sha)

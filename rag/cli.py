@@ -185,7 +185,7 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
         if bad:
             out.print("[bold red]not ingested[/]")
             for d in bad:
-                out.print(f"  {_display(d.path)} [{d.status}]: {d.error}", highlight=False)
+                out.print(f"  {_display(d.path)} ({d.status}): {d.error}", highlight=False, markup=False)
 
 
 def _display(path: str) -> str:

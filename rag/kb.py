@@ -139,7 +139,18 @@ class KnowledgeBase:
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def exists(cls, root: Path) -> bool:
-        return (root / "kb.sqlite").is_file()
+        """True once a base's creation has committed (a crash during creation leaves none)."""
+        db = root / "kb.sqlite"
+        if not db.is_file():
+            return False
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table: creation never committed
+            return False
+        finally:
+            conn.close()
+        return row is not None
 
     @classmethod
     def open(cls, root: Path) -> KnowledgeBase:
@@ -154,8 +165,10 @@ class KnowledgeBase:
         """Open, creating the folder and an empty generation 0 if it is new."""
         root.mkdir(parents=True, exist_ok=True)
         conn = _connect(root / "kb.sqlite")
-        conn.executescript(_SCHEMA)
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # tables and meta appear together or not at all
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         defaults = {
             "schema_version": SCHEMA_VERSION,
             "embed_model": identity.name,

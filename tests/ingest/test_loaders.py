@@ -107,7 +107,7 @@ def test_undecodable_text_is_refused_with_a_fix(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as err:
         load(path)
     assert err.value.status == "failed"
-    assert "mystery.txt" in str(err.value)
+    assert "UTF-8" in str(err.value) or "binary" in str(err.value)
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_corrupt_pdf(tmp_path: Path) -> None:
     path = tmp_path / "broken.pdf"
     path.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\ngarbage that is not a PDF body\n")
-    with pytest.raises(LoadError, match=r"broken\.pdf") as err:
+    with pytest.raises(LoadError, match="not a readable PDF") as err:
         load(path)
     assert err.value.status in ("failed", "empty")
 
@@ -129,7 +129,7 @@ def test_corrupt_pdf(tmp_path: Path) -> None:
 def test_truncated_pdf(tmp_path: Path, pdf_file: Path) -> None:
     path = tmp_path / "truncated.pdf"
     path.write_bytes(pdf_file.read_bytes()[:400])
-    with pytest.raises(LoadError, match=r"truncated\.pdf"):
+    with pytest.raises(LoadError, match="PDF"):
         load(path)
 
 

@@ -179,7 +179,7 @@ def test_bad_files_are_reported_and_recorded_and_the_rest_ingested(
     assert "binary" in reasons["binary.txt"]
     assert "cannot read" in reasons["gone.md"]
     assert "empty" in reasons["empty.txt"]
-    assert "corrupt.pdf" in reasons["corrupt.pdf"]
+    assert "not a readable PDF" in reasons["corrupt.pdf"]
     with open_kb(settings) as kb:
         recorded = {Path(d.path).name: (d.status, d.error) for d in kb.documents() if d.status != "ok"}
         assert {k: v[0] for k, v in recorded.items()} == {

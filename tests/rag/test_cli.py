@@ -1,0 +1,120 @@
+"""The `rag` command as a user types it: exit codes, summaries, kb management, config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag.cli import app
+from tests.conftest import REPO
+
+SAMPLES = REPO / "samples" / "docs"
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("RAG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    env = {"RAG_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "160"}
+
+    def invoke(*args: str, **extra_env: str):
+        return CliRunner().invoke(app, list(args), env={**env, **extra_env})
+
+    return invoke
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(SAMPLES, tmp_path / "docs"))
+
+
+def test_ingest_the_samples_then_rerun(run, docs: Path) -> None:
+    first = run("ingest", str(docs), "--kb", "sample")
+    assert first.exit_code == 0, first.output
+    assert "ingest into 'sample'" in first.output
+    assert [line.split() for line in first.output.splitlines() if line.strip().startswith("added")] == [
+        ["added", "5", "written", "9"]
+    ]
+    again = run("ingest", str(docs), "--kb", "sample")
+    assert again.exit_code == 0
+    assert "nothing new" in again.output
+
+    show = run("kb", "show", "sample")
+    assert show.exit_code == 0
+    for name in ["helios-h10-warranty.pdf", "helios-h10-manual.md", "faq.txt", "support.html", "海川储能电池说明.md"]:
+        assert name in show.output
+    assert "all-MiniLM-L6-v2" in show.output and "5 documents" in show.output
+
+
+def test_bad_file_exit_1_with_one_clear_line_and_the_rest_committed(run, docs: Path) -> None:
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 nothing here")
+    result = run("ingest", str(docs), "--kb", "sample")
+    assert result.exit_code == 1
+    line = next(line for line in result.output.splitlines() if "broken.pdf" in line and "failed" in line)
+    assert "PDF" in line
+    show = run("kb", "show", "sample")
+    assert "not ingested" in show.output and "broken.pdf (failed): not a readable PDF" in show.output
+    assert "6 documents" in show.output
+
+
+def test_usage_errors_exit_2(run, docs: Path, tmp_path: Path) -> None:
+    assert run("ingest").exit_code == 2  # no PATH
+    assert run("ingest", str(docs), "--bogus").exit_code == 2
+    (tmp_path / "rag.toml").write_text("[chunk]\nsize = 'big'\n")
+    bad = run("ingest", str(docs))
+    assert bad.exit_code == 2 and "rag.toml" in bad.output
+
+
+def test_model_mismatch_says_which_model_built_the_base(run, docs: Path) -> None:
+    assert run("ingest", str(docs / "faq.txt"), "--kb", "k").exit_code == 0
+    other = run("ingest", str(docs), "--kb", "k", RAG_EMBED__MODEL="BAAI/bge-small-en-v1.5")
+    assert other.exit_code == 2
+    assert "built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'" in other.output
+
+
+def test_kb_list_rm_delete(run, docs: Path) -> None:
+    assert run("ingest", str(docs), "--kb", "one").exit_code == 0
+    listing = run("kb", "list")
+    assert "one" in listing.output and "all-MiniLM-L6-v2" in listing.output
+
+    removed = run("kb", "rm", "one", "faq.txt")
+    assert removed.exit_code == 0 and "removed 1 document" in removed.output
+    assert "faq.txt" not in run("kb", "show", "one").output
+    assert run("kb", "rm", "one", "no-such.txt").exit_code == 2
+
+    assert run("kb", "delete", "one", "--yes").exit_code == 0
+    assert "no knowledge bases" in run("kb", "list").output
+    assert run("kb", "delete", "one", "--yes").exit_code == 2
+    assert run("kb", "show", "one").exit_code == 2
+
+
+def test_kb_delete_asks_first(run, docs: Path, tmp_path: Path) -> None:
+    run("ingest", str(docs / "faq.txt"), "--kb", "keep")
+    env = {"RAG_DATA_DIR": str(tmp_path / "data")}
+    declined = CliRunner().invoke(app, ["kb", "delete", "keep"], input="n\n", env=env)
+    assert declined.exit_code == 1
+    assert "keep" in run("kb", "list").output
+
+
+def test_config_show_prints_effective_settings_as_toml(run) -> None:
+    import tomllib
+
+    result = run("config", "show", RAG_CHUNK__SIZE="123")
+    assert result.exit_code == 0
+    parsed = tomllib.loads(result.output)
+    assert parsed["chunk"]["size"] == 123
+    assert parsed["embed"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_help_is_useful(run) -> None:
+    result = run("ingest", "--help")
+    assert result.exit_code == 0
+    for flag in ["--kb", "--glob", "--sync"]:
+        assert flag in result.output

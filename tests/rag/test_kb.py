@@ -1,0 +1,104 @@
+"""Storage-level guarantees the pipeline tests do not reach directly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.embed import EmbedderIdentity
+from rag.kb import KBError, KBWriter, KnowledgeBase, delete_base, list_bases
+from rag.types import Chunk
+from tests.fixtures.kb_checks import assert_consistent
+
+IDENTITY = EmbedderIdentity("test-model", 4, True)
+
+
+def chunk(text: str, ordinal: int, page: int | None = None) -> Chunk:
+    return Chunk(text, "x", page, ordinal, 0, len(text), {"k": "v"})
+
+
+def vectors(n: int) -> np.ndarray:
+    v = np.random.default_rng(n).random((n, 4), dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_half_created_base_does_not_count_as_existing(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    sqlite3.connect(root / "kb.sqlite").close()  # what a kill during creation can leave
+    assert not KnowledgeBase.exists(root)
+    assert list_bases(tmp_path) == []
+    KnowledgeBase.create(root, IDENTITY).close()
+    assert KnowledgeBase.exists(root)
+    assert list_bases(tmp_path) == [root]
+
+
+def test_create_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w:
+        w.put_document(path="/a.txt", status="ok", chunks=[chunk("alpha", 0)], vectors=vectors(1))
+        w.commit()
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb:
+        assert kb.chunk_count() == 1 and kb.generation == 1
+
+
+def test_chunks_come_back_with_path_page_span_and_metadata(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w:
+        w.put_document(
+            path="/docs/a.pdf",
+            status="ok",
+            pages=2,
+            chunks=[chunk("first page", 0, 1), chunk("second page", 1, 2)],
+            vectors=vectors(2),
+        )
+        w.commit()
+        got = sorted(kb.chunks([1, 2, 999]).values(), key=lambda c: c.ordinal)
+        assert [(c.source, c.page_no, c.text, c.metadata) for c in got] == [
+            ("/docs/a.pdf", 1, "first page", {"k": "v"}),
+            ("/docs/a.pdf", 2, "second page", {"k": "v"}),
+        ]
+        assert_consistent(kb)
+
+
+def test_rollback_discards_staged_changes_and_the_index_matches_again(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w:
+        w.put_document(path="/a", status="ok", chunks=[chunk("a", 0)], vectors=vectors(1))
+        w.commit()
+        w.put_document(path="/b", status="ok", chunks=[chunk("b", 0)], vectors=vectors(1))
+        w.rollback()
+        assert w.index.ntotal == 1 and kb.chunk_count() == 1
+        assert_consistent(kb)
+
+
+def test_chunk_ids_are_never_reused(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w:
+        w.put_document(path="/a", status="ok", chunks=[chunk("a", 0)], vectors=vectors(1))
+        w.commit()
+        w.put_document(path="/a", status="ok", chunks=[chunk("a2", 0)], vectors=vectors(1))
+        w.commit()
+        assert list(kb.chunks([1, 2])) == [2]
+
+
+def test_vector_count_must_match_chunks(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w, pytest.raises(ValueError):
+        w.put_document(path="/a", status="ok", chunks=[chunk("a", 0)], vectors=vectors(2))
+
+
+def test_a_newer_schema_is_refused_with_a_reason(tmp_path: Path) -> None:
+    KnowledgeBase.create(tmp_path / "kb", IDENTITY).close()
+    conn = sqlite3.connect(tmp_path / "kb" / "kb.sqlite")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(99),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(KBError, match="schema 99"):
+        KnowledgeBase.open(tmp_path / "kb")
+
+
+def test_delete_base_refuses_while_written(tmp_path: Path) -> None:
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb), pytest.raises(KBError):
+        delete_base(tmp_path / "kb")
+    delete_base(tmp_path / "kb")
+    assert not (tmp_path / "kb").exists()
