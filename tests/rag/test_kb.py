@@ -27,8 +27,8 @@ def vectors(n: int) -> np.ndarray:
 
 
 def test_a_half_created_base_does_not_count_as_existing(tmp_path: Path) -> None:
-    root = tmp_path / "kb"
-    root.mkdir()
+    root = tmp_path / "kb" / "docs"
+    root.mkdir(parents=True)
     sqlite3.connect(root / "kb.sqlite").close()  # what a kill during creation can leave
     assert not KnowledgeBase.exists(root)
     assert list_bases(tmp_path) == []
