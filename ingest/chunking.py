@@ -39,7 +39,7 @@ class Chunker:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
     def split_pages(self, pages: list[Page]) -> list[Chunk]:
         chunks: list[Chunk] = []
@@ -76,7 +76,7 @@ class Chunker:
         chunk still over the model's limit at token boundaries so nothing is truncated unseen."""
         if self.count_tokens(piece) <= self.max_tokens:
             return [piece]
-        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = enc["offset_mapping"]
         parts = []
         for i in range(0, len(offsets), self.max_tokens):

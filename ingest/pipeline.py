@@ -8,11 +8,14 @@ keeps what it finished and the next run picks up the rest.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,14 +64,22 @@ class IngestReport:
 
 
 @dataclass
-class _Pending:
+class _Prepared:
+    """What the reader thread found out about one file, without touching the database."""
+
     path: str
-    sha256: str
-    size: int
-    mtime: float
-    pages: int
-    chunks: list[Chunk]
-    replaces: bool
+    existing: DocumentInfo | None
+    kind: str  # "unchanged" | "touched" | "content" | "problem"
+    size: int | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+    pages: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+    problem: Problem | None = None
+
+    @property
+    def stat(self) -> dict[str, object]:
+        return {"size": self.size, "mtime": self.mtime, "sha256": self.sha256}
 
 
 class Progress:
@@ -137,7 +148,10 @@ class IngestPipeline:
     def chunker(self) -> Chunker:
         if self._chunker is None:  # needs the embedder's tokenizer: loads the model
             self.progress.note(f"loading {self.embedder.name}")
-            self._chunker = Chunker(self.settings.chunk, self.embedder.tokenizer, self.embedder.max_tokens)
+            # Its own copy of the tokenizer: a fast tokenizer is not safe to share between the
+            # reader thread (chunking) and the embedder (which resets its truncation state).
+            tokenizer = copy.deepcopy(self.embedder.tokenizer)
+            self._chunker = Chunker(self.settings.chunk, tokenizer, self.embedder.max_tokens)
             identity = self.embedder.identity
             self.kb.check_embedder(identity.name, identity.normalize, identity.dimension)
         return self._chunker
@@ -154,33 +168,128 @@ class IngestPipeline:
         started = time.perf_counter()
         files, roots, problems = discover(paths, pattern, self.settings.ingest.include_hidden)
         progress.files_total(len(files))
+        known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
         with KBWriter(self.kb) as writer:
             run = _Run(self, writer, report, progress)
             for problem in problems:  # paths that do not exist: reported, not recorded
                 run.report_problem(problem)
+            reader = _Reader(self, files, known)
             try:
-                for path in files:
-                    run.process(path)
+                for prepared in reader:
+                    run.apply(prepared)
                     run.maybe_commit()
                 run.flush()
                 if sync:
-                    seen = {str(p) for p in files}
-                    stale = [
-                        d
-                        for d in self.kb.documents()
-                        if _under(d.path, roots)
-                        and d.path not in seen
-                        and _matches(Path(d.path), pattern)
-                        and (pattern or is_supported(Path(d.path)))
-                    ]
+                    stale = [d for d in self.kb.documents() if _is_stale(d.path, files, roots, pattern)]
                     writer.remove_documents(d.doc_id for d in stale)
                     report.removed = len(stale)
             except KeyboardInterrupt:
                 report.interrupted = True
                 run.flush()
+            finally:
+                reader.stop()
             report.generation = writer.commit()
         report.seconds = time.perf_counter() - started
         return report
+
+    def prepare(self, path: Path, existing: DocumentInfo | None) -> _Prepared:
+        """stat -> (skip if unchanged) -> read -> hash -> load -> chunk.  Pure: runs in the reader
+        thread, so parsing the next files overlaps with embedding the previous ones."""
+        key = str(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return _problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}")
+        fresh = existing is not None and existing.status != "failed" and existing.chunker == self.fingerprint
+        if fresh and existing.size == st.st_size and existing.mtime == st.st_mtime:
+            return _Prepared(key, existing, "unchanged")
+        found = _Prepared(key, existing, "content", size=st.st_size, mtime=st.st_mtime)
+        if st.st_size > self.max_bytes:
+            limit = self.settings.ingest.max_file_mb
+            reason = f"{st.st_size / 2**20:.0f} MB is over ingest.max_file_mb ({limit:g}); raise it to ingest this file"
+            return _problem(key, existing, "failed", reason, found)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}", found)
+        found.sha256 = hashlib.sha256(data).hexdigest()
+        if fresh and existing.sha256 == found.sha256:
+            found.kind = "touched"  # same bytes, new mtime: nothing to re-embed
+            return found
+        try:
+            pages = load_file(path, data)
+        except LoadError as exc:
+            return _problem(key, existing, exc.status, str(exc), found)
+        except Exception as exc:  # a parser bug on one odd file must not stop the run
+            reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
+            return _problem(key, existing, "failed", reason, found)
+        found.pages = len(pages)
+        found.chunks = self.chunker.split_pages(pages)
+        if not found.chunks:
+            return _problem(key, existing, "empty", "no text found", found)
+        return found
+
+
+def _problem(
+    key: str, existing: DocumentInfo | None, status: str, reason: str, found: _Prepared | None = None
+) -> _Prepared:
+    found = found or _Prepared(key, existing, "problem")
+    found.kind, found.problem = "problem", Problem(key, status, reason)
+    return found
+
+
+def _is_stale(path: str, files: list[Path], roots: list[Path], pattern: str | None) -> bool:
+    """For --sync: under a given path, of a kind this run would ingest, but not seen on disk."""
+    if not _under(path, roots) or path in {str(p) for p in files}:
+        return False
+    return _matches(Path(path), pattern) if pattern else is_supported(Path(path))
+
+
+class _Reader:
+    """Prepares files in a background thread, a bounded number ahead of the embedder.
+
+    Hand-written rather than a process pool: on a small machine torch already uses every core
+    for encoding, and one thread of parsing overlapped with it is what keeps the embedder busy
+    (bench/ingest.py measures the effect) without holding the corpus in memory."""
+
+    AHEAD = 32
+
+    def __init__(self, pipe: IngestPipeline, files: list[Path], known: dict[str, DocumentInfo]) -> None:
+        self.queue: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=self.AHEAD)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(pipe, files, known), daemon=True)
+        self.thread.start()
+
+    def _work(self, pipe: IngestPipeline, files: list[Path], known: dict[str, DocumentInfo]) -> None:
+        try:
+            for path in files:
+                if self.stopping.is_set():
+                    return
+                self._put(pipe.prepare(path, known.get(str(path))))
+            self._put(None)
+        except BaseException as exc:  # e.g. the model failed to load: re-raised in the main thread
+            self._put(exc)
+
+    def _put(self, item: _Prepared | BaseException | None) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[_Prepared]:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
 
 
 class _Run:
@@ -192,7 +301,7 @@ class _Run:
         self.writer = writer
         self.report = report
         self.progress = progress
-        self.pending: list[_Pending] = []
+        self.pending: list[_Prepared] = []
         self.pending_sha: set[str] = set()
         self.last_commit = time.monotonic()
 
@@ -207,74 +316,39 @@ class _Run:
         # a bad save or a vanished mount must not wipe what the base knew.
         if existing is not None and existing.status in ("ok", "duplicate") and problem.status == "failed":
             return
-        self.writer.put_document(path=problem.path, status=problem.status, error=problem.reason, **stat)
+        self.writer.put_document(
+            path=problem.path, status=problem.status, error=problem.reason, chunker=self.pipe.fingerprint, **stat
+        )
 
-    def process(self, path: Path) -> None:
-        key = str(path)
-        existing = self.kb.document_by_path(key)
+    def apply(self, item: _Prepared) -> None:
+        """Stage what the reader found; only this (main) thread touches the database."""
         try:
-            self._process(path, key, existing)
+            self._apply(item)
         finally:
-            self.progress.file_done(key)
+            self.progress.file_done(item.path)
 
-    def _process(self, path: Path, key: str, existing: DocumentInfo | None) -> None:
-        fingerprint = self.pipe.fingerprint
-        try:
-            st = path.stat()
-        except OSError as exc:
-            self.record_problem(Problem(key, "failed", f"cannot read: {exc.strerror or exc}"), existing)
-            return
-        if (
-            existing
-            and existing.status != "failed"
-            and existing.chunker == fingerprint
-            and (existing.size == st.st_size and existing.mtime == st.st_mtime)
-        ):
+    def _apply(self, item: _Prepared) -> None:
+        if item.kind == "unchanged":
             self.report.unchanged += 1
-            return
-        stat = {"size": st.st_size, "mtime": st.st_mtime}
-        if st.st_size > self.pipe.max_bytes:
-            limit = self.pipe.settings.ingest.max_file_mb
-            reason = f"{st.st_size / 2**20:.0f} MB is over ingest.max_file_mb ({limit:g}); raise it to ingest this file"
-            self.record_problem(Problem(key, "failed", reason), existing, **stat)
-            return
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            self.record_problem(Problem(key, "failed", f"cannot read: {exc.strerror or exc}"), existing, **stat)
-            return
-        sha = hashlib.sha256(data).hexdigest()
-        if existing and existing.sha256 == sha and existing.status != "failed" and existing.chunker == fingerprint:
-            self.writer.touch(existing.doc_id, path=key, **stat)  # same bytes, new mtime
+        elif item.kind == "touched":
+            self.writer.touch(item.existing.doc_id, path=item.path, size=item.size, mtime=item.mtime)
             self.report.unchanged += 1
-            return
-        if sha in self.pending_sha:
-            self.flush()  # its twin must be stored before this one can point at it
-        twin = self._stored_twin(sha, key, fingerprint)
-        if twin is not None:
-            self.writer.put_document(
-                path=key, sha256=sha, status="duplicate", chunker=fingerprint, content_of=twin, **stat
-            )
-            self.report.duplicate += 1
-            return
-        stat["sha256"] = sha
-        try:
-            pages = load_file(path, data)
-        except LoadError as exc:
-            self.record_problem(Problem(key, exc.status, str(exc)), existing, **stat)
-            return
-        except Exception as exc:  # a parser bug on one odd file must not stop the run
-            reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
-            self.record_problem(Problem(key, "failed", reason), existing, **stat)
-            return
-        chunks = self.pipe.chunker.split_pages(pages)
-        if not chunks:
-            self.record_problem(Problem(key, "empty", "no text found"), existing, **stat)
-            return
-        self.pending.append(_Pending(key, sha, st.st_size, st.st_mtime, len(pages), chunks, existing is not None))
-        self.pending_sha.add(sha)
-        if sum(len(p.chunks) for p in self.pending) >= FLUSH_CHUNKS:
-            self.flush()
+        elif item.kind == "problem":
+            self.record_problem(item.problem, item.existing, **item.stat)
+        else:
+            if item.sha256 in self.pending_sha:
+                self.flush()  # its twin must be stored before this one can point at it
+            twin = self._stored_twin(item.sha256, item.path, self.pipe.fingerprint)
+            if twin is not None:
+                self.writer.put_document(
+                    path=item.path, status="duplicate", chunker=self.pipe.fingerprint, content_of=twin, **item.stat
+                )
+                self.report.duplicate += 1
+                return
+            self.pending.append(item)
+            self.pending_sha.add(item.sha256)
+            if sum(len(p.chunks) for p in self.pending) >= FLUSH_CHUNKS:
+                self.flush()
 
     def _stored_twin(self, sha: str, path: str, fingerprint: str) -> int | None:
         row = self.kb.conn.execute(
@@ -294,17 +368,15 @@ class _Run:
             n = len(item.chunks)
             self.writer.put_document(
                 path=item.path,
-                sha256=item.sha256,
-                size=item.size,
-                mtime=item.mtime,
                 status="ok",
                 pages=item.pages,
                 chunker=self.pipe.fingerprint,
                 chunks=item.chunks,
                 vectors=vectors[offset : offset + n],
+                **item.stat,
             )
             offset += n
-            if item.replaces:
+            if item.existing is not None:
                 self.report.updated += 1
             else:
                 self.report.added += 1

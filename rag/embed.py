@@ -6,6 +6,7 @@ is never queried with vectors from another model.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ class Embedder:
     def __init__(self, settings: EmbedSettings) -> None:
         self.settings = settings
         self._model: SentenceTransformer | None = None
+        self._loading = threading.Lock()  # the ingest reader thread and the caller may both ask
 
     @property
     def name(self) -> str:
@@ -39,6 +41,10 @@ class Embedder:
 
     @property
     def model(self) -> SentenceTransformer:
+        with self._loading:
+            return self._load()
+
+    def _load(self) -> SentenceTransformer:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging

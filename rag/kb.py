@@ -331,8 +331,16 @@ class KBWriter:
         self.conn = kb.conn
         self.dim = int(kb.meta()["embed_dim"])
         self.generation = kb.generation
-        self.index = read_dense(kb.root, self.generation, self.dim)
+        self._index: Any = None
         self.dirty = False
+
+    @property
+    def index(self):
+        """The writer's private copy of the dense index, read on first use: a run that changes
+        nothing never pays for loading a large index."""
+        if self._index is None:
+            self._index = read_dense(self.kb.root, self.generation, self.dim)
+        return self._index
 
     # ---- staging (inside one open transaction) ----------------------------------------------
     def _begin(self) -> None:
@@ -461,7 +469,7 @@ class KBWriter:
     def rollback(self) -> None:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-        self.index = read_dense(self.kb.root, self.generation, self.dim)
+        self._index = None  # re-read the committed generation when next needed
         self.dirty = False
 
     def _write_dense(self, gen: int) -> None:
