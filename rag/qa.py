@@ -1,0 +1,264 @@
+"""question (+ history) -> condense -> retrieve -> gate -> prompt -> LLM (streamed) -> Answer.
+
+The "not found" decision is made from retrieval, before any model is called: small models
+invent answers when the context lacks them, so they are never asked to be the judge.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from rag import prompts
+from rag.config import Settings
+from rag.lexical import tokenize
+from rag.llm import LLMError, with_token_limit
+from rag.retrieve import Filters, Hit, Retriever
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    source: str
+    page: int | None
+    text: str
+    score: float
+    chunk_id: int | None
+    char_start: int
+    char_end: int
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    found: bool
+    language: str
+    standalone_question: str
+    citations: list[Citation] = field(default_factory=list)
+    citations_attributed: bool = False  # True: the model cited nothing; sources matched by wording
+    retrieved: list[Hit] = field(default_factory=list)  # the top_k passages
+    context: list[Hit] = field(default_factory=list)  # those that cleared the gate: the numbered blocks
+    dropped_citations: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `rag ask --json` object."""
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "answer": self.answer,
+            "found": self.found,
+            "language": self.language,
+            "citations": [
+                {"n": c.n, "source": c.source, "page": c.page, "text": c.text, "score": c.score, "chunk_id": c.chunk_id}
+                for c in self.citations
+            ],
+            "retrieved": [
+                {
+                    "n": i,
+                    "source": h.chunk.source,
+                    "page": h.chunk.page_no,
+                    "text": h.chunk.text,
+                    "score": h.score,
+                    "similarity": h.similarity,
+                    "ranks": h.sources,
+                    "chunk_id": h.chunk.chunk_id,
+                }
+                for i, h in enumerate(self.retrieved, start=1)
+            ],
+            "dropped_citations": self.dropped_citations,
+            "timings": self.timings,
+            "error": self.error,
+        }
+
+
+History = Sequence[tuple[str, str]]  # ("user" | "assistant", text)
+
+
+class QA:
+    """Answers questions over one knowledge base.  The chat model is created on first need, so
+    a question the documents do not cover never pays for loading it."""
+
+    def __init__(self, retriever: Retriever, settings: Settings, chat_model: Callable[[], BaseChatModel]) -> None:
+        self.retriever = retriever
+        self.settings = settings
+        self._make_chat_model = chat_model
+        self._chat: BaseChatModel | None = None
+
+    @property
+    def chat(self) -> BaseChatModel:
+        if self._chat is None:
+            self._chat = self._make_chat_model()
+        return self._chat
+
+    def ask(self, question: str, history: History = (), **kw: Any) -> Answer:
+        for item in self.stream(question, history, **kw):
+            if isinstance(item, Answer):
+                return item
+        raise AssertionError("stream() always ends with an Answer")
+
+    def stream(
+        self,
+        question: str,
+        history: History = (),
+        *,
+        mode: str | None = None,
+        top_k: int | None = None,
+        filters: Filters | None = None,
+    ) -> Iterator[str | Answer]:
+        """Yields answer text as it is generated, then the complete Answer."""
+        t0 = time.perf_counter()
+        lang = prompts.language(question)
+        answer = Answer(question, "", True, lang, question)
+        try:
+            answer.standalone_question = self.condense(question, history)
+        except Exception as exc:  # a failing LLM must not block retrieval: show the passages
+            answer.error = describe_llm_error(exc, self.settings)
+        t1 = time.perf_counter()
+        result = self.retriever.search(answer.standalone_question, top_k=top_k, mode=mode, filters=filters)
+        answer.retrieved = result.hits
+        answer.context = result.relevant
+        t2 = time.perf_counter()
+        answer.timings = {"condense_ms": _ms(t0, t1), "retrieve_ms": _ms(t1, t2)}
+        if not result.found:
+            answer.found = False
+            answer.answer = prompts.NOT_FOUND[lang]
+            answer.timings["total_ms"] = _ms(t0, time.perf_counter())
+            yield answer.answer
+            yield answer
+            return
+        if answer.error is None:
+            yield from self._generate(answer, lang, t2)
+        answer.timings["total_ms"] = _ms(t0, time.perf_counter())
+        yield answer
+
+    def _generate(self, answer: Answer, lang: str, t_start: float) -> Iterator[str]:
+        messages = prompts.answer_messages(answer.standalone_question, answer.context, lang)
+        parts: list[str] = []
+        try:
+            for chunk in self.chat.stream(messages):
+                text = str(chunk.content)
+                if not text:
+                    continue
+                if not parts:
+                    answer.timings["first_token_ms"] = _ms(t_start, time.perf_counter())
+                parts.append(text)
+                yield text
+        except Exception as exc:
+            answer.error = describe_llm_error(exc, self.settings)
+        answer.timings["generate_ms"] = _ms(t_start, time.perf_counter())
+        answer.answer = "".join(parts).strip()
+        parsed = prompts.parse_citations(answer.answer, len(answer.context))
+        answer.dropped_citations = parsed.dropped
+        numbers = parsed.numbers
+        if _is_refusal(answer.answer, lang):
+            answer.found = False
+        elif not numbers and answer.answer:
+            numbers = attribute(answer.answer, answer.context)
+            answer.citations_attributed = bool(numbers)
+        answer.citations = [_citation(n, answer.context[n - 1]) for n in numbers]
+
+    def condense(self, question: str, history: History) -> str:
+        """A follow-up ("and the inverter?") rewritten to stand alone, so retrieval can find it."""
+        if not history or not self.settings.llm.condense_history:
+            return question
+        short = with_token_limit(self.chat, 64)
+        rewritten = str(short.invoke(prompts.condense_messages(question, history)).content)
+        line = rewritten.strip().splitlines()[0].strip(" \"'“”") if rewritten.strip() else ""
+        last_user = next((text for role, text in reversed(history) if role == "user"), "")
+        # A small model often answers instead of rewriting; only a question is a usable rewrite.
+        if not line.endswith(("?", "？")) or len(line) > 4 * len(question) + 200:
+            return f"{last_user} {question}".strip()  # keep the context's words for retrieval
+        return line
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
+
+
+def attribute(answer: str, context: Sequence[Hit], min_overlap: float = 0.5) -> list[int]:
+    """Block numbers whose text supports the answer's sentences, for answers that cite nothing.
+
+    Small models rarely write [n] however they are asked; matching each sentence's content words
+    against the blocks still lets the user check where an answer came from (flagged as matched,
+    not cited, in the output).
+    """
+    blocks = [set(tokenize(h.chunk.text)) for h in context]
+    found: list[int] = []
+    for sentence in _SENTENCE_END.split(answer):
+        words = set(tokenize(sentence))
+        if len(words) < 2:
+            continue
+        overlaps = [len(words & b) / len(words) for b in blocks]
+        best = max(range(len(blocks)), key=lambda i: overlaps[i], default=None)
+        if best is not None and overlaps[best] >= min_overlap and best + 1 not in found:
+            found.append(best + 1)
+    return found
+
+
+def _citation(n: int, hit: Hit) -> Citation:
+    c = hit.chunk
+    return Citation(n, c.source, c.page_no, c.text, hit.score, c.chunk_id, c.char_start, c.char_end)
+
+
+def _is_refusal(text: str, lang: str) -> bool:
+    refusal = prompts.NOT_FOUND[lang].rstrip(".。")
+    return refusal.lower() in text.lower() and len(text) < 2 * len(refusal) + 20
+
+
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1000, 1)
+
+
+def describe_llm_error(exc: BaseException, settings: Settings) -> str:
+    """Turn a backend failure into a sentence that says what is wrong and what to do."""
+    llm = settings.llm
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - langchain-openai depends on it
+        openai = None  # type: ignore[assignment]
+    if openai is not None:
+        if isinstance(exc, openai.APITimeoutError):
+            return f"the LLM server at {llm.base_url} did not answer within {llm.timeout_s:g} s (llm.timeout_s)"
+        if isinstance(exc, openai.APIConnectionError):
+            return (
+                f"cannot reach the LLM server at {llm.base_url} ({exc.__cause__ or exc}); is it running? "
+                "Start one with `rag serve`, or set llm.base_url"
+            )
+        if isinstance(exc, openai.NotFoundError):
+            served = _served_models(settings)
+            return f"the LLM server at {llm.base_url} does not serve model {llm.model!r}" + (
+                f"; it serves: {', '.join(served)} (set llm.model to one of them)" if served else ""
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return f"the LLM server at {llm.base_url} answered {exc.status_code}: {exc.message}"
+    if isinstance(exc, LLMError):
+        return str(exc)
+    return f"the {llm.backend} LLM failed: {type(exc).__name__}: {exc}"
+
+
+def _served_models(settings: Settings) -> list[str]:
+    try:
+        import openai
+
+        client = openai.OpenAI(base_url=settings.llm.base_url, api_key=settings.llm.api_key, timeout=5, max_retries=0)
+        return sorted(m.id for m in client.models.list())
+    except Exception:
+        return []
+
+
+def source_label(citation_or_hit: Citation | Hit) -> str:
+    """'file.pdf, p. 2' for display."""
+    if isinstance(citation_or_hit, Hit):
+        chunk = citation_or_hit.chunk
+        source, page = chunk.source, chunk.page_no
+    else:
+        source, page = citation_or_hit.source, citation_or_hit.page
+    return Path(source).name + (f", p. {page}" if page is not None else "")

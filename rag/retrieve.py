@@ -1,0 +1,220 @@
+"""Retrieval: dense (FAISS) and BM25 (bm25s) over one knowledge base, fused, optionally reranked,
+filtered by document, and gated on relevance.
+
+Everything here reads indexes that ingest built; nothing is rebuilt per query (the design that
+makes Langchain-Chatchat's hybrid search take seconds at 20k documents).  The same Retriever
+serves `rag ask`, the UI and the evaluation harness.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rag.config import RetrieveSettings
+from rag.embed import Embedder
+from rag.kb import KnowledgeBase
+from rag.lexical import language, tokenize
+from rag.types import Chunk
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    score: float  # the fused (or reranked) score that ordered the list
+    sources: dict[str, int] = field(default_factory=dict)  # retriever -> 1-based rank
+    similarity: float = 0.0  # cosine(query, chunk): comparable across modes, used by the gate
+    coverage: float = 0.0  # share of the question's distinct tokens found in the chunk
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which documents may answer: a glob on the file path or name, and/or document ids."""
+
+    path_glob: str | None = None
+    doc_ids: Sequence[int] | None = None
+
+    def active(self) -> bool:
+        return bool(self.path_glob) or self.doc_ids is not None
+
+
+@dataclass
+class Retrieval:
+    hits: list[Hit]  # the top_k, best first
+    relevant: list[Hit]  # those that clear the relevance gate: what an LLM should be shown
+    query: str
+
+    @property
+    def found(self) -> bool:
+        return bool(self.relevant)
+
+
+class Retriever:
+    def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrieveSettings) -> None:
+        meta = kb.meta()
+        kb.check_embedder(embedder.name, embedder.settings.normalize)
+        self.kb = kb
+        self.embedder = embedder
+        self.settings = settings
+        self.dim = int(meta["embed_dim"])
+        self._reranker: Any = None
+
+    # ---- public ----------------------------------------------------------------------------
+    def search(
+        self,
+        query: str,
+        *,
+        top_k: int | None = None,
+        mode: str | None = None,
+        filters: Filters | None = None,
+    ) -> Retrieval:
+        s = self.settings
+        mode = mode or s.mode
+        top_k = top_k or s.top_k
+        allowed = self._allowed_ids(filters) if filters and filters.active() else None
+        qvec = self.embedder.encode_queries([query])[0]
+        ranked: dict[str, list[tuple[int, float]]] = {}
+        if mode in ("dense", "hybrid"):
+            ranked["dense"] = self._dense(qvec, s.candidates, allowed)
+        if mode in ("bm25", "hybrid"):
+            ranked["bm25"] = self._bm25(query, s.candidates, allowed)
+        fused = fuse(ranked, s.fusion, s.rrf_k, {"dense": s.dense_weight, "bm25": s.bm25_weight})
+        depth = max(top_k, s.rerank_candidates) if s.rerank_model else top_k
+        hits = self._hits(fused[:depth], ranked, qvec, query)
+        if s.rerank_model and hits:
+            hits = self._rerank(query, hits)
+        hits = hits[:top_k]
+        threshold = s.min_similarity_zh if language(query) == "zh" else s.min_similarity
+        relevant = [
+            h for h in hits if h.coverage >= s.min_coverage or (threshold is not None and h.similarity >= threshold)
+        ]
+        return Retrieval(hits, relevant, query)
+
+    # ---- the two retrievers ------------------------------------------------------------------
+    def _dense(self, qvec: np.ndarray, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        import faiss
+
+        index = self.kb.dense_index()
+        if index.ntotal == 0:
+            return []
+        params = None
+        if allowed is not None:
+            if len(allowed) == 0:
+                return []
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        scores, ids = index.search(qvec[None, :], min(k, index.ntotal), params=params)
+        return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def _bm25(self, query: str, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        loaded = self.kb.bm25_index()
+        if loaded is None:
+            return []
+        model, row_ids = loaded
+        token_ids = model.get_tokens_ids(tokenize(query))
+        if not token_ids:
+            return []
+        scores = model.get_scores_from_ids(token_ids)
+        if allowed is not None:
+            scores = np.where(np.isin(row_ids, allowed), scores, 0.0)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(row_ids[r]), float(scores[r])) for r in top if scores[r] > 0]
+
+    # ---- assembling hits -------------------------------------------------------------------
+    def _hits(
+        self, fused: list[tuple[int, float]], ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, query: str
+    ) -> list[Hit]:
+        chunks = self.kb.chunks([cid for cid, _ in fused])
+        ranks = {name: {cid: r for r, (cid, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
+        sims = self._similarities(qvec, [cid for cid, _ in fused if cid in chunks])
+        q_tokens = {t for t in tokenize(query) if t}
+        hits = []
+        for cid, score in fused:
+            chunk = chunks.get(cid)
+            if chunk is None:  # removed by a commit since the index was read
+                continue
+            sources = {name: r[cid] for name, r in ranks.items() if cid in r}
+            hits.append(Hit(chunk, score, sources, sims.get(cid, 0.0), _coverage(q_tokens, chunk.text)))
+        return hits
+
+    def _similarities(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Cosine of the query with each chunk, read back from the FAISS index (no re-encoding)."""
+        index = self.kb.dense_index()
+        out = {}
+        for cid in ids:
+            try:
+                out[cid] = float(np.dot(index.reconstruct(cid), qvec))
+            except RuntimeError:  # id not in this generation
+                out[cid] = 0.0
+        return out
+
+    def _allowed_ids(self, filters: Filters) -> np.ndarray:
+        sql = "SELECT c.chunk_id, d.path FROM chunks c JOIN documents d USING (doc_id)"
+        args: list[Any] = []
+        if filters.doc_ids is not None:
+            sql += f" WHERE c.doc_id IN ({','.join('?' * len(filters.doc_ids))})"
+            args = [int(i) for i in filters.doc_ids]
+        rows = self.kb.conn.execute(sql, args).fetchall()
+        glob = filters.path_glob
+        keep = [cid for cid, path in rows if not glob or _glob_match(path, glob)]
+        return np.array(keep, dtype=np.int64)
+
+    def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        if self._reranker is None:
+            self._reranker = load_reranker(self.settings.rerank_model)
+        scores = self._reranker.predict([(query, h.chunk.text) for h in hits], show_progress_bar=False)
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        return [
+            Hit(hits[i].chunk, float(scores[i]), {**hits[i].sources, "rerank": r}, hits[i].similarity, hits[i].coverage)
+            for r, i in enumerate(order, start=1)
+        ]
+
+
+def load_reranker(name: str):
+    try:
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:  # pragma: no cover - sentence-transformers is a core dependency
+        raise RuntimeError("the reranker needs sentence-transformers: pip install sentence-transformers") from exc
+    return CrossEncoder(name, device="cpu")
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
+
+
+def _coverage(q_tokens: set[str], text: str) -> float:
+    if not q_tokens:
+        return 0.0
+    return len(q_tokens & set(tokenize(text))) / len(q_tokens)
+
+
+def fuse(
+    ranked: dict[str, list[tuple[int, float]]], method: str, rrf_k: int, weights: dict[str, float]
+) -> list[tuple[int, float]]:
+    """Merge ranked lists of (chunk_id, score) into one, best first.
+
+    rrf: sum of w / (k + rank) — robust to incomparable score scales.
+    zscore: sum of w * (score - mean) / std per list — keeps how far ahead a hit is.
+    """
+    total: dict[int, float] = {}
+    for name, items in ranked.items():
+        if not items:
+            continue
+        w = weights.get(name, 1.0)
+        if method == "rrf":
+            for rank, (cid, _) in enumerate(items, start=1):
+                total[cid] = total.get(cid, 0.0) + w / (rrf_k + rank)
+        elif method == "zscore":
+            scores = np.array([sc for _, sc in items], dtype=np.float64)
+            std = scores.std() or 1.0
+            floor = (scores.min() - scores.mean()) / std  # a list's miss counts as its worst hit
+            for (cid, _), z in zip(items, (scores - scores.mean()) / std, strict=True):
+                total[cid] = total.get(cid, 0.0) + w * (z - floor)
+        else:
+            raise ValueError(f"unknown fusion method {method!r}: use 'rrf' or 'zscore'")
+    return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
