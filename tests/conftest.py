@@ -62,3 +62,36 @@ def pdf_file(tmp_path: Path) -> Path:
             ["Page three is about cleaning.", "Wipe the casing with a dry cloth."],
         ],
     )
+
+
+# ---- answering: the real default LLM and a knowledge base of the sample documents ------------
+MODEL_CACHE = REPO / ".cache" / "rag"  # the packaged SmolLM2 is converted here once (~1 min)
+SAMPLES = REPO / "samples" / "docs"
+
+
+def qa_settings(data_dir: Path, **overrides):
+    """Settings for answering tests: a short generation budget keeps the real model quick."""
+    from rag.config import load_settings
+
+    llm = {"max_new_tokens": 48, **overrides.pop("llm", {})}
+    return load_settings(data_dir=data_dir, cache_dir=MODEL_CACHE, llm=llm, **overrides)
+
+
+@pytest.fixture(scope="session")
+def chat_model():
+    from rag.llm import make_chat_model
+
+    return make_chat_model(qa_settings(REPO / ".cache" / "unused"))
+
+
+@pytest.fixture(scope="session")
+def sample_kb_dir(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
+    """The demo corpus (samples/docs) ingested once per session; tests open it read-only."""
+    from ingest.pipeline import IngestPipeline, open_for_ingest
+
+    data = tmp_path_factory.mktemp("sample-data")
+    settings = qa_settings(data)
+    with open_for_ingest(settings, "sample", embedder) as kb:
+        report = IngestPipeline(settings, embedder, kb).run([SAMPLES])
+    assert report.added == 5 and report.exit_code == 0
+    return data

@@ -1,0 +1,133 @@
+"""Both LLM backends through one interface: the local model in-process, and an OpenAI-compatible
+server over real HTTP with the real openai client; failures become clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag.cli import app
+from rag.kb import KnowledgeBase
+from rag.llm import LLMError, make_chat_model
+from rag.qa import QA
+from rag.retrieve import Retriever
+from tests.conftest import MODEL_CACHE, qa_settings
+from tests.fixtures.openai_server import free_port, serve
+
+QUESTION = "How long is the battery module covered by the warranty?"
+
+
+def test_local_backend_streams_one_short_generation(chat_model) -> None:
+    messages = [("user", "Say hello in one short sentence.")]
+    pieces = [str(c.content) for c in chat_model.stream(messages)]
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert "".join(pieces) == str(chat_model.invoke(messages).content)  # greedy: reproducible
+
+
+def test_local_backend_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None:
+    settings = qa_settings(tmp_path, llm={"adapter": str(tmp_path)})
+    with pytest.raises(LLMError, match=r"adapter_config\.json"):
+        make_chat_model(settings)
+
+
+@pytest.fixture(scope="module")
+def server(chat_model):
+    with serve({"smollm2": chat_model}) as base_url:
+        yield base_url
+
+
+def openai_qa(sample_kb_dir, embedder, **llm):
+    settings = qa_settings(sample_kb_dir, llm={"backend": "openai", **llm})
+    kb = KnowledgeBase.open(settings.kb_dir("sample"))
+    return QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: make_chat_model(settings))
+
+
+def test_openai_backend_streams_a_grounded_answer(server, sample_kb_dir, embedder) -> None:
+    qa = openai_qa(sample_kb_dir, embedder, base_url=server, model="smollm2")
+    items = list(qa.stream(QUESTION))
+    answer = items[-1]
+    assert len(items) > 3 and answer.error is None and answer.found
+    assert ("helios-h10-warranty.pdf", 2) in {(Path(c.source).name, c.page) for c in answer.citations}
+
+
+def test_unknown_model_names_what_the_server_serves(server, sample_kb_dir, embedder) -> None:
+    answer = openai_qa(sample_kb_dir, embedder, base_url=server, model="my-adapter").ask(QUESTION)
+    assert answer.error and "does not serve model 'my-adapter'" in answer.error and "smollm2" in answer.error
+    assert answer.context, "the retrieved passages are still there for the user"
+
+
+def test_server_down_is_a_clear_error_and_keeps_the_passages(sample_kb_dir, embedder) -> None:
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    answer = openai_qa(sample_kb_dir, embedder, base_url=down, model="x", max_retries=0).ask(QUESTION)
+    assert answer.error and "cannot reach the LLM server" in answer.error and down in answer.error
+    assert answer.context and answer.answer == ""
+
+
+# ---- the CLI ---------------------------------------------------------------------------------
+def cli(sample_kb_dir: Path, *args: str, **env: str):
+    base_env = {"RAG_DATA_DIR": str(sample_kb_dir), "RAG_CACHE_DIR": str(MODEL_CACHE), "RAG_LLM__MAX_NEW_TOKENS": "48"}
+    return CliRunner().invoke(app, list(args), env={**base_env, **env, "COLUMNS": "200"})
+
+
+def test_rag_ask_streams_then_lists_sources(sample_kb_dir) -> None:
+    result = cli(sample_kb_dir, "ask", QUESTION, "--kb", "sample")
+    assert result.exit_code == 0, result.output
+    assert "Sources" in result.output and "helios-h10-warranty.pdf, p. 2" in result.output
+
+
+def test_rag_ask_json(sample_kb_dir) -> None:
+    result = cli(sample_kb_dir, "ask", QUESTION, "--kb", "sample", "--json", "--mode", "bm25", "--top-k", "2")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["found"] is True and len(data["retrieved"]) == 2
+    assert all(r["ranks"].keys() == {"bm25"} for r in data["retrieved"])
+    assert any(c["page"] == 2 and c["source"].endswith("helios-h10-warranty.pdf") for c in data["citations"])
+
+
+def test_rag_ask_not_found(sample_kb_dir) -> None:
+    result = cli(sample_kb_dir, "ask", "What is the capital of France?", "--kb", "sample")
+    assert result.exit_code == 0
+    assert "I could not find the answer in the documents." in result.output
+    assert "Closest passages" in result.output
+
+
+def test_rag_ask_with_the_server_down_exits_1_and_shows_passages(sample_kb_dir) -> None:
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    result = cli(
+        sample_kb_dir,
+        "ask",
+        QUESTION,
+        "--kb",
+        "sample",
+        RAG_LLM__BACKEND="openai",
+        RAG_LLM__BASE_URL=down,
+        RAG_LLM__MAX_RETRIES="0",
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the LLM server" in result.output
+    assert "helios-h10-warranty.pdf, p. 2" in result.output
+
+
+def test_rag_ask_bad_mode_is_a_usage_error(sample_kb_dir) -> None:
+    assert cli(sample_kb_dir, "ask", QUESTION, "--kb", "sample", "--mode", "fuzzy").exit_code == 2
+    assert cli(sample_kb_dir, "ask", QUESTION, "--kb", "nope").exit_code == 2
+
+
+def test_rag_chat_understands_a_follow_up(sample_kb_dir) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["chat", "--kb", "sample"],
+        input="How long is the Helios H10 battery module under warranty?\nAnd the inverter?\n\n",
+        env={
+            "RAG_DATA_DIR": str(sample_kb_dir),
+            "RAG_CACHE_DIR": str(MODEL_CACHE),
+            "RAG_LLM__MAX_NEW_TOKENS": "40",
+            "COLUMNS": "200",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("helios-h10-warranty.pdf, p. 2") >= 2
+    assert "searched for:" in result.output and "inverter" in result.output.split("searched for:")[1].lower()

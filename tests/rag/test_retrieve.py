@@ -1,0 +1,157 @@
+"""Retrieval on real data: each mode finds the gold SciFact abstract; fusion, gating, filters,
+the reranker path and the LangChain adapter behave as a user relies on."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import IngestPipeline, open_for_ingest
+from rag.config import RetrieveSettings
+from rag.kb import KnowledgeBase
+from rag.retrieve import Filters, Retriever, fuse
+from tests.conftest import qa_settings, shared_path
+
+N_QUERIES = 12
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def scifact(tmp_path_factory: pytest.TempPathFactory, embedder):
+    """The gold abstracts of the first test queries plus random distractors, ingested as files."""
+    root = shared_path("beir", "scifact")
+    corpus = {d["_id"]: d for d in map(json.loads, read_lines(root / "corpus.jsonl"))}
+    queries = {q["_id"]: q["text"] for q in map(json.loads, read_lines(root / "queries.jsonl"))}
+    gold: dict[str, str] = {}
+    for line in read_lines(root / "qrels" / "test.tsv")[1:]:
+        qid, did, _ = line.split("\t")
+        if qid not in gold and len(gold) < N_QUERIES:
+            gold[qid] = did
+    pool = sorted(set(corpus) - set(gold.values()))
+    chosen = set(gold.values()) | set(random.Random(7).sample(pool, 60))
+    folder = tmp_path_factory.mktemp("scifact-docs")
+    for did in chosen:
+        (folder / f"{did}.txt").write_text(f"{corpus[did]['title']}\n\n{corpus[did]['text']}", encoding="utf-8")
+    settings = qa_settings(tmp_path_factory.mktemp("scifact-data"))
+    with open_for_ingest(settings, "scifact", embedder) as kb:
+        IngestPipeline(settings, embedder, kb).run([folder])
+    kb = KnowledgeBase.open(settings.kb_dir("scifact"))
+    yield kb, [(queries[q], d) for q, d in gold.items()]
+    kb.close()
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_each_mode_ranks_the_gold_abstract_first(scifact, embedder, mode: str) -> None:
+    kb, pairs = scifact
+    retriever = Retriever(kb, embedder, RetrieveSettings())
+    firsts = [Path(retriever.search(q, mode=mode, top_k=5).hits[0].chunk.source).stem == gold for q, gold in pairs]
+    assert sum(firsts) >= 0.75 * len(pairs), f"{mode}: gold first for only {sum(firsts)}/{len(pairs)}"
+
+
+def test_hybrid_hits_say_which_retrievers_found_them(scifact, embedder) -> None:
+    kb, pairs = scifact
+    hits = Retriever(kb, embedder, RetrieveSettings()).search(pairs[0][0], top_k=5).hits
+    assert all(set(h.sources) <= {"dense", "bm25"} and h.sources for h in hits)
+    assert any(set(h.sources) == {"dense", "bm25"} for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_rrf_fusion_by_hand() -> None:
+    dense = [(1, 0.9), (2, 0.8), (3, 0.1)]
+    bm25 = [(3, 12.0), (1, 5.0)]
+    fused = dict(fuse({"dense": dense, "bm25": bm25}, "rrf", 60, {}))
+    assert fused[1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2] == pytest.approx(1 / 62)
+    assert [cid for cid, _ in fuse({"dense": dense, "bm25": bm25}, "rrf", 60, {})] == [1, 3, 2]
+
+
+def test_weights_and_zscore_fusion() -> None:
+    dense = [(1, 0.9), (2, 0.5)]
+    bm25 = [(2, 30.0), (1, 1.0)]
+    assert fuse({"dense": dense, "bm25": bm25}, "rrf", 60, {"bm25": 2.0})[0][0] == 2
+    z = dict(fuse({"dense": dense, "bm25": bm25}, "zscore", 60, {}))
+    assert z[1] == pytest.approx(z[2])  # symmetric: each is one std ahead in one list
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse({"dense": dense}, "max", 60, {})
+
+
+def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None:
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+        retriever = Retriever(kb, embedder, RetrieveSettings())
+        assert retriever.search("How long is the battery module under warranty?").found
+        assert retriever.search("海川 H10 的保修期是多久？").found
+        for off_topic in ["What is the capital of France?", "How do I bake sourdough bread?", "如何做红烧肉？"]:
+            result = retriever.search(off_topic)
+            assert not result.found and result.relevant == [] and result.hits, off_topic
+
+
+def test_filters_restrict_documents(sample_kb_dir, embedder) -> None:
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+        retriever = Retriever(kb, embedder, RetrieveSettings())
+        for mode in ["dense", "bm25", "hybrid"]:
+            hits = retriever.search("battery operating modes", mode=mode, filters=Filters(path_glob="*.md")).hits
+            assert hits and all(h.chunk.source.endswith(".md") for h in hits)
+        faq = kb.document_by_path(str(Path(kb.documents()[0].path).parent / "faq.txt"))
+        hits = retriever.search("warranty", filters=Filters(doc_ids=[faq.doc_id])).hits
+        assert {h.chunk.source for h in hits} == {faq.path}
+        assert retriever.search("warranty", filters=Filters(path_glob="*.docx")).hits == []
+
+
+def test_a_base_built_by_another_model_is_refused(sample_kb_dir, embedder) -> None:
+    from rag.config import EmbedSettings
+    from rag.embed import Embedder
+    from rag.kb import ModelMismatch
+
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb, pytest.raises(ModelMismatch):
+        Retriever(kb, Embedder(EmbedSettings(model="BAAI/bge-small-en-v1.5")), RetrieveSettings())
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
+    """A randomly initialised BERT cross-encoder built locally (none ships offline)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-reranker")
+    config = BertConfig(
+        vocab_size=embedder.tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    embedder.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_reranker_reorders_the_fused_list_by_its_scores(sample_kb_dir, embedder, tiny_cross_encoder) -> None:
+    from sentence_transformers import CrossEncoder
+
+    settings = RetrieveSettings(rerank_model=str(tiny_cross_encoder), rerank_candidates=6, top_k=4)
+    query = "How long is the battery module under warranty?"
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+        hits = Retriever(kb, embedder, settings).search(query).hits
+        assert len(hits) == 4 and all("rerank" in h.sources for h in hits)
+        assert [h.sources["rerank"] for h in hits] == [1, 2, 3, 4]
+        expected = CrossEncoder(str(tiny_cross_encoder)).predict([(query, h.chunk.text) for h in hits])
+        assert [h.score for h in hits] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
+
+
+def test_langchain_retriever_returns_documents_with_citation_metadata(sample_kb_dir, embedder) -> None:
+    from rag.langchain_retriever import KnowledgeBaseRetriever
+
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+        lc = KnowledgeBaseRetriever(retriever=Retriever(kb, embedder, RetrieveSettings()), top_k=3)
+        docs = lc.invoke("How long is the battery module under warranty?")
+        assert len(docs) == 3
+        top = docs[0]
+        assert top.metadata["source"].endswith("helios-h10-warranty.pdf") and top.metadata["page"] == 2
+        assert "ten years" in top.page_content and top.metadata["chunk_id"] > 0
