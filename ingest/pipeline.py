@@ -93,7 +93,9 @@ class Progress:
 
 
 def _matches(path: Path, pattern: str | None) -> bool:
-    return fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path), pattern) if pattern else True
+    if not pattern:
+        return True
+    return fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path), pattern)
 
 
 def discover(
@@ -180,7 +182,8 @@ class IngestPipeline:
                     run.maybe_commit()
                 run.flush()
                 if sync:
-                    stale = [d for d in self.kb.documents() if _is_stale(d.path, files, roots, pattern)]
+                    seen = {str(p) for p in files}
+                    stale = [d for d in self.kb.documents() if _is_stale(d.path, seen, roots, pattern)]
                     writer.remove_documents(d.doc_id for d in stale)
                     report.removed = len(stale)
             except KeyboardInterrupt:
@@ -238,9 +241,9 @@ def _problem(
     return found
 
 
-def _is_stale(path: str, files: list[Path], roots: list[Path], pattern: str | None) -> bool:
+def _is_stale(path: str, seen: set[str], roots: list[Path], pattern: str | None) -> bool:
     """For --sync: under a given path, of a kind this run would ingest, but not seen on disk."""
-    if not _under(path, roots) or path in {str(p) for p in files}:
+    if not _under(path, roots) or path in seen:
         return False
     return _matches(Path(path), pattern) if pattern else is_supported(Path(path))
 

@@ -122,6 +122,7 @@ class QA:
             answer.standalone_question = self.condense(question, history)
         except Exception as exc:  # a failing LLM must not block retrieval: show the passages
             answer.error = describe_llm_error(exc, self.settings)
+            answer.standalone_question = _with_context(question, history)
         t1 = time.perf_counter()
         result = self.retriever.search(answer.standalone_question, top_k=top_k, mode=mode, filters=filters)
         answer.retrieved = result.hits
@@ -173,11 +174,16 @@ class QA:
         short = with_token_limit(self.chat, 64)
         rewritten = str(short.invoke(prompts.condense_messages(question, history)).content)
         line = rewritten.strip().splitlines()[0].strip(" \"'“”") if rewritten.strip() else ""
-        last_user = next((text for role, text in reversed(history) if role == "user"), "")
         # A small model often answers instead of rewriting; only a question is a usable rewrite.
         if not line.endswith(("?", "？")) or len(line) > 4 * len(question) + 200:
-            return f"{last_user} {question}".strip()  # keep the context's words for retrieval
+            return _with_context(question, history)
         return line
+
+
+def _with_context(question: str, history: History) -> str:
+    """The fallback rewrite: the previous question's words plus the follow-up, for retrieval."""
+    last_user = next((text for role, text in reversed(history) if role == "user"), "")
+    return f"{last_user} {question}".strip()
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")

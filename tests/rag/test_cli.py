@@ -111,6 +111,8 @@ def test_config_show_prints_effective_settings_as_toml(run) -> None:
     parsed = tomllib.loads(result.output)
     assert parsed["chunk"]["size"] == 123
     assert parsed["embed"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert parsed["retrieve"]["mode"] == "hybrid" and parsed["llm"]["backend"] == "local"
+    assert "# retrieve.rerank_model is unset" in result.output
 
 
 def test_help_is_useful(run) -> None:

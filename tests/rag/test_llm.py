@@ -131,3 +131,19 @@ def test_rag_chat_understands_a_follow_up(sample_kb_dir) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.count("helios-h10-warranty.pdf, p. 2") >= 2
     assert "searched for:" in result.output and "inverter" in result.output.split("searched for:")[1].lower()
+
+
+def test_local_backend_applies_a_peft_adapter(tmp_path: Path, chat_model) -> None:
+    """A LoRA folder in llm.adapter changes what the local model says (a zero-initialised one would not)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_chat_model(qa_settings(tmp_path))
+    lora = get_peft_model(
+        base.hf_model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    lora.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    tuned = make_chat_model(qa_settings(tmp_path, llm={"adapter": str(tmp_path / "adapter")}))
+    messages = [("user", "Name a colour.")]
+    assert str(tuned.invoke(messages).content) != str(chat_model.invoke(messages).content)
+    assert tuned.model_name.endswith("+adapter")
