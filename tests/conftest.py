@@ -29,15 +29,21 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Settings with a private data dir, no rag.toml from the developer's cwd, no RAG_* leaks."""
-    from rag.config import load_settings
-
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No RAG_* variables from the developer's shell and no rag.toml from their cwd."""
     for key in list(os.environ):
         if key.startswith("RAG_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
-    return load_settings(data_dir=tmp_path / "data")
+    return tmp_path
+
+
+@pytest.fixture
+def settings(isolated: Path):
+    """Settings with a private data dir."""
+    from rag.config import load_settings
+
+    return load_settings(data_dir=isolated / "data")
 
 
 @pytest.fixture(scope="session")

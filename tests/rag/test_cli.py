@@ -15,14 +15,8 @@ SAMPLES = REPO / "samples" / "docs"
 
 
 @pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("RAG_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    env = {"RAG_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "160"}
+def run(isolated: Path):
+    env = {"RAG_DATA_DIR": str(isolated / "data"), "COLUMNS": "160"}
 
     def invoke(*args: str, **extra_env: str):
         return CliRunner().invoke(app, list(args), env={**env, **extra_env})

@@ -10,14 +10,8 @@ from rag.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("RAG_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.chdir(tmp_path)
+def clean_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated / "xdg"))
 
 
 def test_defaults_work_with_no_file(tmp_path: Path) -> None:
