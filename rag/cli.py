@@ -45,6 +45,9 @@ def main(
 ) -> None:
     """Settings come from rag.toml (or --config) with RAG_* environment overrides."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Before torch loads: idle OpenMP threads sleep rather than spin, so a busy second core does
+    # not slow query encoding tenfold (bench/query.py measured 28 ms -> 330 ms without it).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         ctx.obj = load_settings(config)
     except ConfigError as exc:

@@ -71,6 +71,7 @@ class LocalChatModel(BaseChatModel):
     tokenizer: Any
     temperature: float = 0.0
     max_new_tokens: int = 256
+    stop_criteria: Any = None  # built once: transformers takes ~2 s to build it per generate() call
 
     @classmethod
     def load(cls, llm: LLMSettings, cache_dir: Path, notify: Callable[[str], None] = lambda _: None) -> LocalChatModel:
@@ -91,6 +92,7 @@ class LocalChatModel(BaseChatModel):
             tokenizer=tokenizer,
             temperature=llm.temperature,
             max_new_tokens=llm.max_new_tokens,
+            stop_criteria=_stop_criteria(tokenizer, STOP_STRINGS),
         )
 
     @staticmethod
@@ -129,12 +131,13 @@ class LocalChatModel(BaseChatModel):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         greedy = self.temperature <= 0
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature}
+        # A small model that has answered often starts a new "Question:" of its own.
+        stops = [st for st in (*STOP_STRINGS, *(stop or [])) if st.strip()]
+        criteria = self.stop_criteria if not stop else _stop_criteria(self.tokenizer, stops)
         generate_kwargs = {
             **inputs,
             "streamer": streamer,
-            # A small model that has answered often starts a new "Question:" of its own.
-            "stop_strings": [st for st in (*STOP_STRINGS, *(stop or [])) if st.strip()],
-            "tokenizer": self.tokenizer,
+            "stopping_criteria": criteria,
             "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
             "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             **sampling,
@@ -152,7 +155,6 @@ class LocalChatModel(BaseChatModel):
         worker.start()
         # Hold back a tail as long as the longest stop string, so one split across two
         # streamed pieces is never shown before it is recognised and cut.
-        stops = generate_kwargs["stop_strings"]
         hold = max(len(st) for st in stops)
         buffer, sent = "", 0
         for text in streamer:
@@ -173,6 +175,12 @@ class LocalChatModel(BaseChatModel):
 
 
 STOP_STRINGS = ["Question:", "问题：", "Sources:", "<document>"]
+
+
+def _stop_criteria(tokenizer: Any, stops: list[str]) -> Any:
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    return StoppingCriteriaList([StopStringCriteria(tokenizer, stops)])
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

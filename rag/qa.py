@@ -116,6 +116,9 @@ class QA:
     ) -> Iterator[str | Answer]:
         """Yields answer text as it is generated, then the complete Answer."""
         t0 = time.perf_counter()
+        self.retriever.embedder.model  # noqa: B018 - load now, so timings separate loading from searching
+        load_ms = _ms(t0, time.perf_counter())
+        t0 = time.perf_counter()
         lang = prompts.language(question)
         answer = Answer(question, "", True, lang, question)
         try:
@@ -128,7 +131,7 @@ class QA:
         answer.retrieved = result.hits
         answer.context = result.relevant
         t2 = time.perf_counter()
-        answer.timings = {"condense_ms": _ms(t0, t1), "retrieve_ms": _ms(t1, t2)}
+        answer.timings = {"load_ms": load_ms, "condense_ms": _ms(t0, t1), "retrieve_ms": _ms(t1, t2)}
         if not result.found:
             answer.found = False
             answer.answer = prompts.NOT_FOUND[lang]
@@ -136,10 +139,20 @@ class QA:
             yield answer.answer
             yield answer
             return
-        if answer.error is None:
-            yield from self._generate(answer, lang, t2)
+        if answer.error is None and self._load_chat(answer):
+            yield from self._generate(answer, lang, time.perf_counter())
         answer.timings["total_ms"] = _ms(t0, time.perf_counter())
         yield answer
+
+    def _load_chat(self, answer: Answer) -> bool:
+        """Load the chat model on first use, counted as loading rather than generation time."""
+        started = time.perf_counter()
+        try:
+            self.chat  # noqa: B018
+        except Exception as exc:
+            answer.error = describe_llm_error(exc, self.settings)
+        answer.timings["load_ms"] += _ms(started, time.perf_counter())
+        return answer.error is None
 
     def _generate(self, answer: Answer, lang: str, t_start: float) -> Iterator[str]:
         messages = prompts.answer_messages(answer.standalone_question, answer.context, lang)
