@@ -128,7 +128,10 @@ def _print_report(name: str, report) -> None:
 
 # ---- ask / chat ----------------------------------------------------------------------------
 ModeOption = Annotated[str | None, typer.Option("--mode", help="hybrid | dense | bm25 (default: retrieve.mode)")]
-TopKOption = Annotated[int | None, typer.Option("--top-k", min=1, help="passages given to the LLM")]
+TopKOption = Annotated[
+    int | None,
+    typer.Option("--top-k", min=1, help="passages retrieved; those that clear the relevance gate go to the LLM"),
+]
 GlobOption = Annotated[
     str | None, typer.Option("--only", help="only documents whose path or name matches, e.g. '*.pdf'")
 ]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rag.embed import EmbedderIdentity
+from rag.lexical import tokenize
 from rag.types import Chunk
 
 SCHEMA_VERSION = 1
@@ -384,8 +385,6 @@ class KBWriter:
             if vectors is None or len(vectors) != len(chunks):
                 raise ValueError("every chunk needs exactly one vector")
             ids = self._next_ids(len(chunks))
-            from rag.lexical import tokenize
-
             self.conn.executemany(
                 "INSERT INTO chunks(chunk_id, doc_id, ordinal, page, char_start, char_end, text, tokens, "
                 "metadata) VALUES (?,?,?,?,?,?,?,?,?)",
