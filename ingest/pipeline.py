@@ -24,6 +24,7 @@ from ingest.loaders import LoadError, is_supported, load_file
 from rag.config import Settings
 from rag.embed import Embedder
 from rag.kb import DocumentInfo, KBWriter, KnowledgeBase
+from rag.lexical import tokenize
 from rag.types import Chunk
 
 # Embedding many files' chunks in one encode call lets sentence-transformers sort by length
@@ -75,6 +76,7 @@ class _Prepared:
     sha256: str | None = None
     pages: int = 0
     chunks: list[Chunk] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
     problem: Problem | None = None
 
     @property
@@ -228,6 +230,7 @@ class IngestPipeline:
             return _problem(key, existing, "failed", reason, found)
         found.pages = len(pages)
         found.chunks = self.chunker.split_pages(pages)
+        found.tokens = [" ".join(tokenize(c.text)) for c in found.chunks]  # BM25's, off the main thread
         if not found.chunks:
             return _problem(key, existing, "empty", "no text found", found)
         return found
@@ -307,6 +310,7 @@ class _Run:
         self.pending: list[_Prepared] = []
         self.pending_sha: set[str] = set()
         self.last_commit = time.monotonic()
+        self.last_commit_cost = 0.0
 
     def report_problem(self, problem: Problem) -> None:
         self.progress.problem(problem)
@@ -376,6 +380,7 @@ class _Run:
                 chunker=self.pipe.fingerprint,
                 chunks=item.chunks,
                 vectors=vectors[offset : offset + n],
+                tokens=item.tokens,
                 **item.stat,
             )
             offset += n
@@ -389,10 +394,16 @@ class _Run:
         self.pending_sha.clear()
 
     def maybe_commit(self) -> None:
-        if time.monotonic() - self.last_commit >= self.pipe.settings.ingest.commit_interval_s:
+        """Commit every commit_interval_s, but never spend more than ~5% of the run committing:
+        a commit rewrites the whole index, so it costs more as the base grows."""
+        interval = self.pipe.settings.ingest.commit_interval_s
+        wait = max(interval, 20 * self.last_commit_cost) if interval > 0 else 0.0  # 0: after every file
+        if time.monotonic() - self.last_commit >= wait:
             self.flush()
+            started = time.monotonic()
             self.writer.commit()
             self.last_commit = time.monotonic()
+            self.last_commit_cost = self.last_commit - started
 
 
 def open_for_ingest(settings: Settings, kb_name: str, embedder: Embedder) -> KnowledgeBase:

@@ -368,9 +368,11 @@ class KBWriter:
         chunker: str | None = None,
         chunks: Sequence[Chunk] = (),
         vectors: np.ndarray | None = None,
+        tokens: Sequence[str] | None = None,
         content_of: int | None = None,
     ) -> int:
-        """Insert or replace the document at `path` with its chunks and their vectors."""
+        """Insert or replace the document at `path` with its chunks and their vectors.
+        `tokens` (space-joined BM25 tokens per chunk) may be precomputed by the caller."""
         self._begin()
         old = self.conn.execute("SELECT doc_id FROM documents WHERE path = ?", (path,)).fetchone()
         if old:
@@ -385,6 +387,8 @@ class KBWriter:
             if vectors is None or len(vectors) != len(chunks):
                 raise ValueError("every chunk needs exactly one vector")
             ids = self._next_ids(len(chunks))
+            if tokens is None:
+                tokens = [" ".join(tokenize(c.text)) for c in chunks]
             self.conn.executemany(
                 "INSERT INTO chunks(chunk_id, doc_id, ordinal, page, char_start, char_end, text, tokens, "
                 "metadata) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -397,10 +401,10 @@ class KBWriter:
                         c.char_start,
                         c.char_end,
                         c.text,
-                        " ".join(tokenize(c.text)),
+                        toks,
                         json.dumps(c.metadata, ensure_ascii=False),
                     )
-                    for cid, c in zip(ids, chunks, strict=True)
+                    for cid, c, toks in zip(ids, chunks, tokens, strict=True)
                 ],
             )
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)

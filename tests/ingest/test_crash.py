@@ -133,3 +133,28 @@ def _content(kb: KnowledgeBase) -> list[tuple[str, int, int | None, str]]:
         "SELECT d.path, c.ordinal, c.page, c.text FROM chunks c JOIN documents d USING (doc_id) ORDER BY 1, 2"
     )
     return [tuple(r) for r in rows]
+
+
+@pytest.mark.slow
+def test_ctrl_c_commits_what_is_finished_and_says_how_to_continue(tmp_path: Path) -> None:
+    docs = make_corpus(tmp_path / "docs")
+    data = tmp_path / "data"
+    root = data / "kb" / "ctrlc"
+    env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_INGEST__COMMIT_INTERVAL_S": "0", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rag", "ingest", str(docs), "--kb", "ctrlc"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while generation(root) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output[-2000:]
+    assert "interrupted" in output and "run the same command to continue" in output
+    with KnowledgeBase.open(root) as kb:
+        assert_consistent(kb)
+        done = len(kb.documents("ok"))
+    assert 0 < done < N_FILES + 1
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0
+    with KnowledgeBase.open(root) as kb:
+        assert len(kb.documents("ok")) == N_FILES + 1
