@@ -55,12 +55,10 @@ class Retrieval:
 
 class Retriever:
     def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrieveSettings) -> None:
-        meta = kb.meta()
         kb.check_embedder(embedder.name, embedder.settings.normalize)
         self.kb = kb
         self.embedder = embedder
         self.settings = settings
-        self.dim = int(meta["embed_dim"])
         self._reranker: Any = None
 
     # ---- public ----------------------------------------------------------------------------
