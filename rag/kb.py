@@ -242,6 +242,18 @@ class KnowledgeBase:
         row = self.conn.execute("SELECT * FROM documents WHERE path = ?", (path,)).fetchone()
         return DocumentInfo(*row) if row else None
 
+    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, set[str]]:
+        """The BM25 tokens stored with each chunk at ingest, so queries never re-tokenize chunks."""
+        out: dict[int, set[str]] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            part = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(part))
+            for cid, tokens in self.conn.execute(
+                f"SELECT chunk_id, tokens FROM chunks WHERE chunk_id IN ({marks})", part
+            ):
+                out[cid] = set(tokens.split())
+        return out
+
     def chunk_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 

@@ -131,13 +131,14 @@ class Retriever:
         ranks = {name: {cid: r for r, (cid, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
         sims = self._similarities(qvec, [cid for cid, _ in fused if cid in chunks])
         q_tokens = {t for t in tokenize(query) if t}
+        stored = self.kb.chunk_tokens(list(chunks))
         hits = []
         for cid, score in fused:
             chunk = chunks.get(cid)
             if chunk is None:  # removed by a commit since the index was read
                 continue
             sources = {name: r[cid] for name, r in ranks.items() if cid in r}
-            hits.append(Hit(chunk, score, sources, sims.get(cid, 0.0), _coverage(q_tokens, chunk.text)))
+            hits.append(Hit(chunk, score, sources, sims.get(cid, 0.0), _coverage(q_tokens, stored.get(cid, set()))))
         return hits
 
     def _similarities(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
@@ -185,10 +186,10 @@ def _glob_match(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
 
 
-def _coverage(q_tokens: set[str], text: str) -> float:
+def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:
     if not q_tokens:
         return 0.0
-    return len(q_tokens & set(tokenize(text))) / len(q_tokens)
+    return len(q_tokens & chunk_tokens) / len(q_tokens)
 
 
 def fuse(
