@@ -16,12 +16,14 @@ CHUNKER_VERSION = "recursive-v1"
 
 def chunker_fingerprint(settings: ChunkSettings) -> str:
     """Recorded per document: changing chunk settings re-chunks files on the next ingest."""
+    if settings.method == "page":
+        return "page-v1"
     return f"{CHUNKER_VERSION}:{settings.size}:{settings.overlap}"
 
 
 class Chunker:
     def __init__(self, settings: ChunkSettings, tokenizer, max_tokens: int) -> None:
-        if settings.size > max_tokens:
+        if settings.method == "recursive" and settings.size > max_tokens:
             raise ValueError(
                 f"chunk.size is {settings.size} tokens but the embedding model reads at most {max_tokens}; "
                 f"set chunk.size <= {max_tokens} so nothing is silently cut off"
@@ -59,6 +61,10 @@ class Chunker:
         return chunks
 
     def _split_with_offsets(self, text: str) -> list[tuple[int, str]]:
+        if self.settings.method == "page":
+            start = len(text) - len(text.lstrip())
+            piece = text.strip()
+            return [(start, piece)] if piece else []
         # Chunks come in order and each starts after the previous one's start (overlap only
         # reaches back), so searching from there finds each chunk's own span.
         out: list[tuple[int, str]] = []

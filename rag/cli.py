@@ -413,3 +413,9 @@ def config_show(ctx: typer.Context) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+# ---- eval (its commands live with the package they drive) ------------------------------------
+from eval.cli import eval_app  # noqa: E402 - needs the helpers above
+
+app.add_typer(eval_app, name="eval")

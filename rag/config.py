@@ -41,6 +41,12 @@ class EmbedSettings(_Section):
 
 
 class ChunkSettings(_Section):
+    method: Literal["recursive", "page"] = Field(
+        "recursive",
+        description="recursive: split pages into chunks of `size` tokens; page: one chunk per page (a whole "
+        "text file), which the embedder reads only up to its max length while BM25 indexes all of it "
+        "(for corpora of short documents, and how published BEIR numbers are measured)",
+    )
     size: int = Field(250, ge=16, description="chunk size in embedding-model tokens")
     overlap: int = Field(32, ge=0, description="overlap between neighbouring chunks, in tokens")
 

@@ -69,12 +69,14 @@ class Retriever:
         top_k: int | None = None,
         mode: str | None = None,
         filters: Filters | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> Retrieval:
+        """`query_vector`: the query already encoded (evaluation encodes its queries in batches)."""
         s = self.settings
         mode = mode or s.mode
         top_k = top_k or s.top_k
         allowed = self._allowed_ids(filters) if filters and filters.active() else None
-        qvec = self.embedder.encode_queries([query])[0]
+        qvec = query_vector if query_vector is not None else self.embedder.encode_queries([query])[0]
         ranked: dict[str, list[tuple[int, float]]] = {}
         if mode in ("dense", "hybrid"):
             ranked["dense"] = self._dense(qvec, s.candidates, allowed)

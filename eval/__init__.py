@@ -1,0 +1,1 @@
+"""Measurement: retrieval metrics on BEIR folders, answer metrics on QA sets, reports."""

@@ -1,0 +1,312 @@
+"""`rag eval ...`: retrieval on BEIR folders, answers on QA sets, reports, drafting QA sets."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rag.cli import _fail, _open_kb, _settings, err, out
+from rag.config import ConfigError, Settings, load_settings
+
+eval_app = typer.Typer(
+    help="Measure retrieval (BEIR folders) and answers (QA sets); compare configurations in one report.",
+    no_args_is_help=True,
+)
+MODES = ("dense", "bm25", "hybrid")
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+class _StageBars:
+    """One bar per stage ("ingest …", "queries …"), driven by the eval functions' callbacks."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+
+def _default_out(settings: Settings, kind: str, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return settings.data_dir / "eval" / f"{stamp}-{kind}-{name}"
+
+
+def _configs(settings: Settings, paths: list[Path], modes: list[str]) -> list[tuple[str, Settings]]:
+    """Every (config file x mode) pair, named "file/mode" (or just the mode with one config)."""
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}, not {bad[0]!r}")
+    try:
+        bases = [(p.stem, load_settings(p)) for p in paths] or [("default", settings)]
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    configs = []
+    for stem, cfg in bases:
+        for mode in modes or [cfg.retrieve.mode]:
+            name = mode if len(bases) == 1 else f"{stem}/{mode}"
+            configs.append((name, cfg.model_copy(update={"retrieve": cfg.retrieve.model_copy(update={"mode": mode})})))
+    return configs
+
+
+@eval_app.command("retrieval")
+def retrieval(
+    ctx: typer.Context,
+    dataset: Annotated[Path, typer.Option("--dataset", help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/")],
+    split: Annotated[str, typer.Option("--split", help="qrels/<split>.tsv to score against")] = "test",
+    mode: Annotated[
+        list[str] | None,
+        typer.Option("--mode", help="dense | bm25 | hybrid; repeat to compare (default: retrieve.mode)"),
+    ] = None,
+    config: Annotated[
+        list[Path] | None, typer.Option("--config", help="a settings file to compare; repeat for several")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="report folder (default: <data_dir>/eval/<time>-…)")
+    ] = None,
+) -> None:
+    """Ingest a BEIR corpus (cached), run its queries, score per document with ranx, write a report.
+
+    Each --config x --mode pair is one row of the report. Knowledge bases are named by corpus,
+    embedder and chunker, so configurations that differ only in retrieval share one ingest, and a
+    second run reuses it.
+    """
+    from eval.datasets import DatasetError
+    from eval.retrieval import run_retrieval_eval
+
+    settings = _settings(ctx)
+    configs = _configs(settings, config or [], mode or [])
+    target = out_dir or _default_out(settings, "retrieval", dataset.name)
+    try:
+        with _bar() as bar:
+            folder = run_retrieval_eval(settings, dataset, split, configs, target, _StageBars(bar))
+    except (DatasetError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        raise _fail(
+            "interrupted; ingested documents are kept, so the next run continues where this one stopped", 1
+        ) from exc
+    _show(folder)
+
+
+@eval_app.command("show")
+def show(
+    ctx: typer.Context,
+    folder: Annotated[Path | None, typer.Argument(help="a report folder (default: list the reports)")] = None,
+) -> None:
+    """Print a report's table (or, without a folder, list the reports in <data_dir>/eval)."""
+    from eval.report import list_reports
+
+    if folder is not None:
+        _show(folder)
+        return
+    root = _settings(ctx).data_dir / "eval"
+    reports = list_reports(root)
+    if not reports:
+        out.print(f"no reports in {root}; make one with `rag eval retrieval --dataset PATH`")
+        return
+    for path in reports:
+        out.print(str(path), highlight=False)
+
+
+def _show(folder: Path) -> None:
+    from eval.report import ReportError, load_report, render_markdown
+
+    try:
+        report = load_report(folder)
+    except ReportError as exc:
+        raise _fail(str(exc)) from exc
+    from rich.markdown import Markdown
+
+    text = render_markdown(report)
+    out.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+    out.print(f"report: {folder}/report.md (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
+
+
+@eval_app.command("answers")
+def answers(
+    ctx: typer.Context,
+    qa_file: Annotated[
+        Path, typer.Option("--qa", help='QA JSONL: {"id", "question", "answers", "gold_doc_ids"?, "answerable"?}')
+    ],
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base holding the documents")] = None,
+    split: Annotated[str | None, typer.Option("--split", help='only items whose "split" field is this')] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="local | openai (default: llm.backend)")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="model (openai: served name or LoRA adapter); repeat to compare")
+    ] = None,
+    adapter: Annotated[
+        list[Path] | None, typer.Option("--adapter", help="local backend: a peft adapter folder; repeat to compare")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+) -> None:
+    """Answer every question through the full pipeline; exact match, F1, not-found accuracy,
+    citation precision and latency, one row per model (and adapter), with the differences."""
+    from eval.answers import AnswerEvalError, run_answers, summarize
+    from eval.datasets import DatasetError, load_qa, sample
+    from eval.report import write_answer_report
+
+    settings = _settings(ctx)
+    try:
+        items = sample(load_qa(qa_file, split), limit, seed)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens)
+    name = kb or settings.default_kb
+    runs, rows = [], {}
+    for label, cfg in variants:
+        qa = _qa_for(cfg, name)
+        started = time.perf_counter()
+        with _bar() as bar:
+            task = bar.add_task(f"{label}: questions", total=len(items))
+            try:
+                per_question = run_answers(qa, items, lambda done, total, t=task: bar.update(t, completed=done))
+            except AnswerEvalError as exc:
+                raise _fail(f"{label}: {exc}", 1) from exc
+        metrics = summarize(per_question)
+        runs.append(
+            {
+                "name": label,
+                "backend": cfg.llm.backend,
+                "model": cfg.llm.model,
+                "adapter": cfg.llm.adapter,
+                "metrics": metrics,
+                "seconds": round(time.perf_counter() - started, 1),
+                "questions": len(items),
+            }
+        )
+        rows[label] = per_question
+    target = out_dir or _default_out(settings, "answers", qa_file.stem)
+    _show(write_answer_report(target, qa_file, name, split, runs, rows))
+
+
+def _variants(
+    settings: Settings, backend: str | None, models: list[str], adapters: list[Path], max_new_tokens: int | None
+) -> list[tuple[str, Settings]]:
+    """One Settings per run: each --model, then the first model with each --adapter."""
+    if backend not in (None, "local", "openai"):
+        raise _fail(f"--backend must be local or openai, not {backend!r}")
+    llm = settings.llm.model_copy(
+        update={k: v for k, v in {"backend": backend, "max_new_tokens": max_new_tokens}.items() if v}
+    )
+    if adapters and llm.backend != "local":
+        raise _fail(
+            "--adapter loads a peft folder in-process: use it with --backend local (with openai, pass the "
+            "adapter's served name as --model)"
+        )
+    out_: list[tuple[str, Settings]] = []
+    for m in models or [llm.model]:
+        out_.append((m.rsplit("/", 1)[-1], settings.model_copy(update={"llm": llm.model_copy(update={"model": m})})))
+    first = models[0] if models else llm.model
+    for a in adapters:
+        if not (a / "adapter_config.json").is_file():
+            raise _fail(f"{a}: not a peft adapter folder (no adapter_config.json)")
+        cfg_llm = llm.model_copy(update={"model": first, "adapter": str(a)})
+        out_.append((f"{first.rsplit('/', 1)[-1]}+{a.name}", settings.model_copy(update={"llm": cfg_llm})))
+    return out_
+
+
+def _qa_for(settings: Settings, kb: str):
+    from rag.cli import _qa
+
+    return _qa(settings, kb)
+
+
+@eval_app.command("corpus")
+def corpus(
+    ctx: typer.Context,
+    dataset: Annotated[Path, typer.Argument(help="a folder with corpus.jsonl (BEIR format), or the file itself")],
+    kb: Annotated[str, typer.Option("--kb", help="knowledge base to create or update")],
+) -> None:
+    """Ingest a corpus.jsonl into a knowledge base (one document per line, named by its id), e.g.
+    to run `rag eval answers` on SQuAD or CMRC2018."""
+    from eval.datasets import DatasetError, load_corpus, write_corpus
+    from ingest.cli_progress import RichProgress
+    from ingest.pipeline import IngestPipeline, open_for_ingest
+    from rag.cli import _print_report
+    from rag.embed import Embedder
+
+    settings = _settings(ctx)
+    path = dataset / "corpus.jsonl" if dataset.is_dir() else dataset
+    try:
+        docs = load_corpus(path)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    folder = write_corpus(docs, settings.cache_dir / "eval" / "corpora" / f"kb-{kb}")
+    embedder = Embedder(settings.embed)
+    with open_for_ingest(settings, kb, embedder) as base, RichProgress(err) as progress:
+        report = IngestPipeline(settings, embedder, base).run([folder], sync=True, progress=progress)
+    _print_report(kb, report)
+    raise typer.Exit(report.exit_code)
+
+
+@eval_app.command("convert-qa")
+def convert_qa(
+    dataset: Annotated[Path, typer.Argument(help='a BEIR folder with answers.jsonl ({"_id", "answers"} per query)')],
+    out_file: Annotated[Path, typer.Option("--out", help="QA JSONL to write")],
+    split: Annotated[str, typer.Option("--split")] = "test",
+) -> None:
+    """Turn a BEIR folder with answers (CMRC2018 as shipped in shared/data) into a QA file."""
+    from eval.datasets import DatasetError, beir_to_qa, write_qa
+
+    try:
+        items = beir_to_qa(dataset, split)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    write_qa(items, out_file)
+    out.print(f"{len(items)} questions -> {out_file}", highlight=False)
+
+
+@eval_app.command("make-qa")
+def make_qa(
+    ctx: typer.Context,
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base to draft questions from")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="questions wanted")] = 50,
+    out_file: Annotated[Path, typer.Option("--out", help="QA JSONL to write")] = Path("qa.jsonl"),
+    backend: Annotated[str | None, typer.Option("--backend", help="local | openai (default: llm.backend)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="the teacher model (openai: its served name)")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Draft a QA set from your own documents with an LLM (any OpenAI-compatible endpoint works;
+    a capable teacher model gives far better questions than the small default). Answers are
+    copied from the passages, so the set can be scored without a judge; review it before use."""
+    from eval.datasets import write_qa
+    from eval.make_qa import draft_qa
+    from rag.llm import make_chat_model
+    from rag.qa import describe_llm_error
+
+    settings = _settings(ctx)
+    updates = {k: v for k, v in {"backend": backend, "model": model}.items() if v}
+    settings = settings.model_copy(update={"llm": settings.llm.model_copy(update=updates)})
+    base = _open_kb(settings, kb)
+    try:
+        chat = make_chat_model(settings, notify=lambda m: err.print(m, highlight=False))
+        with _bar() as bar:
+            task = bar.add_task("drafting", total=n)
+            items, tried = draft_qa(base, chat, n, seed, lambda t, kept, want: bar.update(task, completed=kept))
+    except Exception as exc:
+        raise _fail(describe_llm_error(exc, settings), 1) from exc
+    if not items:
+        raise _fail(f"the model produced no usable question from {tried} passages; try a stronger --model", 1)
+    write_qa(items, out_file)
+    out.print(f"{len(items)} questions from {tried} passages -> {out_file} (review them before relying on them)")

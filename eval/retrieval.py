@@ -1,0 +1,221 @@
+"""Retrieval evaluation: a BEIR corpus ingested by the normal pipeline, every query run through the
+same Retriever `rag ask` uses, scored at document level with ranx.
+
+A document's rank is that of its best chunk, so chunked and whole-document knowledge bases are
+scored on the same terms as the published (whole-document) numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.datasets import BeirDataset, doc_id_of, load_beir, write_corpus
+from ingest.pipeline import IngestPipeline, IngestReport, Problem, Progress, open_for_ingest
+from rag.config import Settings
+from rag.embed import Embedder
+from rag.kb import KnowledgeBase
+from rag.retrieve import Retriever
+
+METRICS = ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"]
+RECALL_CURVE_K = [1, 2, 3, 5, 10, 20, 30, 50, 100]
+DOC_DEPTH = 100  # documents ranked per query: enough for recall@100 and map@100
+MAX_CHUNK_DEPTH = 1000
+QUERY_BATCH = 64
+
+# (stage, done, total): e.g. ("ingest eval-scifact-…", 120, 5183) or ("queries hybrid", 10, 300).
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunResult:
+    name: str
+    mode: str
+    settings: dict[str, Any]
+    metrics: dict[str, float]
+    seconds: float  # running the queries (ingest is shared and cached: see ingest_seconds)
+    kb: str
+    ingest_seconds: float
+    recall_curve: dict[int, float] = field(default_factory=dict)
+    per_query: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "settings": self.settings,
+            "metrics": self.metrics,
+            "seconds": round(self.seconds, 2),
+            "kb": self.kb,
+            "ingest_seconds": round(self.ingest_seconds, 2),
+            "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
+        }
+
+
+# ---- the corpus as a knowledge base --------------------------------------------------------
+def eval_kb_name(dataset: BeirDataset, settings: Settings) -> str:
+    """Everything that changes the stored vectors or chunks names the base; retrieval settings do
+    not, so configurations that differ only in how they search share one ingest."""
+    from ingest.chunking import chunker_fingerprint
+
+    e = settings.embed
+    key = json.dumps(
+        [dataset.corpus_digest(), e.model, e.normalize, e.passage_prefix, chunker_fingerprint(settings.chunk)]
+    )
+    return f"eval-{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+class _IngestProgress(Progress):
+    def __init__(self, stage: str, report: ProgressFn | None) -> None:
+        self.stage, self.report = stage, report
+        self.total = self.done = 0
+        self.problems: list[Problem] = []
+
+    def files_total(self, n: int) -> None:
+        self.total = n
+        if self.report:
+            self.report(self.stage, 0, n)
+
+    def file_done(self, path: str) -> None:
+        self.done += 1
+        if self.report and (self.done % 50 == 0 or self.done == self.total):
+            self.report(self.stage, self.done, self.total)
+
+    def problem(self, problem: Problem) -> None:
+        self.problems.append(problem)
+
+
+def corpus_kb(
+    settings: Settings, dataset: BeirDataset, embedder: Embedder, progress: ProgressFn | None = None
+) -> tuple[KnowledgeBase, IngestReport]:
+    """The corpus ingested with `settings`' embedder and chunker; a second call with the same
+    corpus and settings finds every file unchanged and returns in about a second."""
+    folder = settings.cache_dir / "eval" / "corpora" / f"{dataset.name}-{dataset.corpus_digest()}"
+    write_corpus(dataset.corpus, folder)
+    name = eval_kb_name(dataset, settings)
+    kb = open_for_ingest(settings, name, embedder)
+    report = IngestPipeline(settings, embedder, kb).run([folder], sync=True, progress=_IngestProgress(name, progress))
+    if report.interrupted:
+        raise KeyboardInterrupt
+    return kb, report
+
+
+# ---- running queries -----------------------------------------------------------------------
+def chunk_depth(kb: KnowledgeBase) -> int:
+    """Chunks to fetch so that about DOC_DEPTH distinct documents remain after keeping each
+    document's best chunk (more chunks per document need a deeper list)."""
+    docs = max(1, len(kb.documents(status="ok")))
+    per_doc = kb.chunk_count() / docs
+    return min(MAX_CHUNK_DEPTH, max(DOC_DEPTH, math.ceil(DOC_DEPTH * per_doc * 1.5)))
+
+
+def run_queries(
+    retriever: Retriever, queries: dict[str, str], mode: str, depth: int, progress: Callable[[int], None] | None = None
+) -> dict[str, list[str]]:
+    """query id -> corpus ids, best first, each document once (at its best chunk's rank)."""
+    ids = list(queries)
+    ranked: dict[str, list[str]] = {}
+    for start in range(0, len(ids), QUERY_BATCH):
+        batch = ids[start : start + QUERY_BATCH]
+        # Encoded in batches even for bm25: every hit carries its cosine similarity.
+        vectors = retriever.embedder.encode_queries([queries[q] for q in batch])
+        for qid, qvec in zip(batch, vectors, strict=True):
+            hits = retriever.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
+            ranked[qid] = best_per_document([doc_id_of(h.chunk.source) for h in hits])[:DOC_DEPTH]
+        if progress:
+            progress(min(start + QUERY_BATCH, len(ids)))
+    return ranked
+
+
+def best_per_document(doc_ids_by_chunk: list[str]) -> list[str]:
+    """Chunks' documents in rank order -> documents in rank order, each at its first (best) chunk."""
+    return list(dict.fromkeys(doc_ids_by_chunk))
+
+
+def score(qrels: dict[str, dict[str, int]], ranked: dict[str, list[str]]) -> tuple[dict[str, float], dict, dict]:
+    """(mean metrics, recall@k curve, per-query metrics) through ranx."""
+    from ranx import Qrels, Run, evaluate
+
+    run_dict = {}
+    for qid in qrels:
+        docs = ranked.get(qid) or []
+        # ranx wants every judged query in the run; a query with no results gets a sentinel miss.
+        run_dict[qid] = {d: float(len(docs) - r) for r, d in enumerate(docs)} or {"__no_results__": 0.0}
+    qr, run = Qrels(qrels), Run(run_dict)
+    curve_metrics = [f"recall@{k}" for k in RECALL_CURVE_K]
+    means = evaluate(qr, run, METRICS + curve_metrics, make_comparable=True)
+    per_query = {qid: {m: round(float(run.scores[m][qid]), 4) for m in METRICS} for qid in qrels}
+    metrics = {m: round(float(means[m]), 4) for m in METRICS}
+    curve = {k: round(float(means[f"recall@{k}"]), 4) for k in RECALL_CURVE_K}
+    return metrics, curve, per_query
+
+
+def _settings_summary(settings: Settings) -> dict[str, Any]:
+    """What a reader needs to rebuild the configuration: embedder, chunker, retrieval."""
+    return {
+        "embed": settings.embed.model_dump(include={"model", "normalize", "query_prefix", "passage_prefix"}),
+        "chunk": settings.chunk.model_dump(),
+        "retrieve": settings.retrieve.model_dump(
+            exclude={"top_k", "min_similarity", "min_coverage", "min_similarity_zh"}
+        ),
+    }
+
+
+def evaluate_config(
+    name: str,
+    settings: Settings,
+    dataset: BeirDataset,
+    embedders: dict[str, Embedder],
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """One configuration (its retrieve.mode included) over the dataset's judged queries."""
+    embedder = embedders.setdefault(settings.embed.model_dump_json(), Embedder(settings.embed))
+    t0 = time.perf_counter()
+    kb, _ = corpus_kb(settings, dataset, embedder, progress)
+    ingest_seconds = time.perf_counter() - t0
+    with kb:
+        depth = chunk_depth(kb)
+        retrieve = settings.retrieve.model_copy(update={"candidates": max(settings.retrieve.candidates, depth)})
+        retriever = Retriever(kb, embedder, retrieve)
+        stage = f"queries {name}"
+        total = len(dataset.queries)
+        if progress:
+            progress(stage, 0, total)
+        t1 = time.perf_counter()
+        tick = (lambda done: progress(stage, done, total)) if progress else None
+        ranked = run_queries(retriever, dataset.queries, retrieve.mode, depth, tick)
+        seconds = time.perf_counter() - t1
+    metrics, curve, per_query = score(dataset.qrels, ranked)
+    for qid, row in per_query.items():
+        row["top10"] = ranked.get(qid, [])[:10]
+    return RunResult(
+        name, retrieve.mode, _settings_summary(settings), metrics, seconds, kb.name, ingest_seconds, curve, per_query
+    )
+
+
+def run_retrieval_eval(
+    settings: Settings,
+    dataset_dir: Path,
+    split: str,
+    configs: list[tuple[str, Settings]],
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Evaluate each named configuration and write the report folder (report.json, report.md,
+    plots, per-query results).  Knowledge bases live in `settings`' data_dir whatever the
+    configurations say, so every configuration with the same embedder and chunker shares one."""
+    from eval.report import write_report
+
+    dataset = load_beir(dataset_dir, split)
+    embedders: dict[str, Embedder] = {}
+    results = []
+    for name, cfg in configs:
+        cfg = cfg.model_copy(update={"data_dir": settings.data_dir, "cache_dir": settings.cache_dir})
+        results.append(evaluate_config(name, cfg, dataset, embedders, progress))
+    return write_report(out_dir, dataset, results)

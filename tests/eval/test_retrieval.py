@@ -1,0 +1,114 @@
+"""Retrieval evaluation: metric values against hand-computed cases, document-level aggregation,
+and real runs (a generated corpus always; a slice of SciFact when ../shared is there)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from eval.datasets import load_beir
+from eval.retrieval import best_per_document, eval_kb_name, run_retrieval_eval, score
+from tests.conftest import shared_path
+from tests.fixtures.beir import write_beir
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    qrels = {"q1": {"a": 1, "b": 2}, "q2": {"c": 1}}
+    ranked = {"q1": ["a", "x", "b"], "q2": ["y", "z", "c"]}
+    metrics, curve, per_query = score(qrels, ranked)
+    # q1: DCG = 1/log2(2) + 2/log2(4) = 2; ideal = 2/log2(2) + 1/log2(3)
+    ndcg_q1 = 2 / (2 + 1 / math.log2(3))
+    ndcg_q2 = (1 / math.log2(4)) / 1
+    assert per_query["q1"]["ndcg@10"] == pytest.approx(ndcg_q1, abs=1e-4)
+    assert metrics["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2) / 2, abs=1e-4)
+    assert metrics["mrr@10"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-4)
+    # AP q1 = (1/1 + 2/3) / 2; q2 = (1/3) / 1
+    assert metrics["map@100"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 3) / 2, abs=1e-4)
+    assert metrics["recall@10"] == 1.0
+    assert curve[1] == pytest.approx(0.25)  # q1 finds 1 of 2 at rank 1, q2 none
+    assert curve[3] == 1.0
+
+
+def test_a_query_with_no_results_scores_zero_not_an_error() -> None:
+    metrics, _, per_query = score({"q1": {"a": 1}, "q2": {"b": 1}}, {"q1": ["a"], "q2": []})
+    assert per_query["q2"]["ndcg@10"] == 0.0
+    assert metrics["recall@10"] == 0.5
+
+
+def test_a_document_ranks_at_its_best_chunk() -> None:
+    # chunks of d2 at ranks 1 and 3, d1 at 2: documents d2, d1, then d3
+    assert best_per_document(["d2", "d1", "d2", "d3", "d1"]) == ["d2", "d1", "d3"]
+
+
+def test_kb_name_depends_on_what_changes_the_vectors_only(tmp_path: Path, settings) -> None:
+    ds = load_beir(write_beir(tmp_path / "mini"))
+    base = eval_kb_name(ds, settings)
+    hybrid_rrf = settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"fusion": "zscore"})})
+    whole = settings.model_copy(update={"chunk": settings.chunk.model_copy(update={"method": "page"})})
+    assert eval_kb_name(ds, hybrid_rrf) == base
+    assert eval_kb_name(ds, whole) != base
+    assert base.startswith("eval-mini-")
+
+
+@pytest.mark.slow
+def test_generated_corpus_end_to_end(tmp_path: Path, settings, embedder) -> None:
+    root = write_beir(tmp_path / "mini")
+    configs = [
+        (m, settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"mode": m})}))
+        for m in ("dense", "bm25", "hybrid")
+    ]
+    out = run_retrieval_eval(settings, root, "test", configs, tmp_path / "report")
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["dense", "bm25", "hybrid"]
+    for run in report["runs"]:
+        assert run["metrics"]["ndcg@10"] == pytest.approx(1.0), run  # every query's answer is unmistakable
+        assert run["seconds"] > 0
+    per_query = json.loads((out / "runs" / "hybrid.json").read_text())
+    assert per_query["q3"]["top10"][0] == "d5"
+    # The second run finds the corpus already ingested: nothing re-embedded.
+    again = run_retrieval_eval(settings, root, "test", configs[:1], tmp_path / "report2")
+    assert json.loads((again / "report.json").read_text())["runs"][0]["ingest_seconds"] < 5
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_scifact_slice_scores_like_the_full_benchmark(tmp_path: Path, settings) -> None:
+    """40 test queries against their judged documents plus 400 distractors: real queries, real
+    abstracts, the shipped hybrid default; the scores must be in SciFact's range, not broken."""
+    src = shared_path("beir", "scifact")
+    root = _slice(src, tmp_path / "scifact-slice", n_queries=40, n_distractors=400)
+    cfg = [
+        ("hybrid", settings),
+        ("bm25", settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"mode": "bm25"})})),
+    ]
+    out = run_retrieval_eval(settings, root, "test", cfg, tmp_path / "report")
+    runs = {r["name"]: r["metrics"] for r in json.loads((out / "report.json").read_text())["runs"]}
+    assert runs["hybrid"]["ndcg@10"] > 0.7
+    assert runs["hybrid"]["recall@100"] > 0.9
+    assert runs["bm25"]["ndcg@10"] > 0.6
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _slice(src: Path, dst: Path, n_queries: int, n_distractors: int) -> Path:
+    (dst / "qrels").mkdir(parents=True)
+    lines = (src / "qrels" / "test.tsv").read_text().splitlines()
+    qrels: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, []).append(d)
+    keep_q = sorted(qrels)[:n_queries]
+    keep_d = {d for q in keep_q for d in qrels[q]}
+    docs = [json.loads(line) for line in (src / "corpus.jsonl").open()]
+    distractors = [d["_id"] for d in docs if d["_id"] not in keep_d][:n_distractors]
+    keep_d |= set(distractors)
+    with (dst / "corpus.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(d) + "\n" for d in docs if d["_id"] in keep_d)
+    queries = [json.loads(line) for line in (src / "queries.jsonl").open()]
+    with (dst / "queries.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(q) + "\n" for q in queries if q["_id"] in keep_q)
+    rows = [lines[0]] + [line for line in lines[1:] if line.split("\t")[0] in keep_q]
+    (dst / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+    return dst
