@@ -50,7 +50,7 @@ def _default_out(settings: Settings, kind: str, name: str) -> Path:
 
 
 def _configs(settings: Settings, paths: list[Path], modes: list[str]) -> list[tuple[str, Settings]]:
-    """Every (config file x mode) pair, named "file/mode" (or just the mode with one config)."""
+    """Every (config file x mode) pair, named "file/mode" (just the mode when no file is given)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise _fail(f"--mode must be one of {', '.join(MODES)}, not {bad[0]!r}")
@@ -61,7 +61,7 @@ def _configs(settings: Settings, paths: list[Path], modes: list[str]) -> list[tu
     configs = []
     for stem, cfg in bases:
         for mode in modes or [cfg.retrieve.mode]:
-            name = mode if len(bases) == 1 else f"{stem}/{mode}"
+            name = f"{stem}/{mode}" if paths else mode
             configs.append((name, cfg.model_copy(update={"retrieve": cfg.retrieve.model_copy(update={"mode": mode})})))
     return configs
 

@@ -77,10 +77,10 @@ def test_generated_corpus_end_to_end(tmp_path: Path, settings, embedder) -> None
 @pytest.mark.slow
 @pytest.mark.shared
 def test_scifact_slice_scores_like_the_full_benchmark(tmp_path: Path, settings) -> None:
-    """40 test queries against their judged documents plus 400 distractors: real queries, real
+    """30 test queries against their judged documents plus 250 distractors: real queries, real
     abstracts, the shipped hybrid default; the scores must be in SciFact's range, not broken."""
     src = shared_path("beir", "scifact")
-    root = _slice(src, tmp_path / "scifact-slice", n_queries=40, n_distractors=400)
+    root = _slice(src, tmp_path / "scifact-slice", n_queries=30, n_distractors=250)
     cfg = [
         ("hybrid", settings),
         ("bm25", settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"mode": "bm25"})})),
