@@ -133,11 +133,34 @@ def _show(folder: Path) -> None:
         report = load_report(folder)
     except ReportError as exc:
         raise _fail(str(exc)) from exc
-    from rich.markdown import Markdown
+    if report.get("kind") == "answers":
+        out.print(_answers_table(report))
+    else:
+        from rich.markdown import Markdown
 
-    text = render_markdown(report)
-    out.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+        text = render_markdown(report)
+        out.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
     out.print(f"report: {folder}/report.md (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
+
+
+def _answers_table(report: dict):
+    """Metrics down, runs across: a dozen metrics do not fit across a terminal."""
+    from rich.table import Table
+
+    from eval.report import ANSWER_METRICS
+
+    runs = report["runs"]
+    table = Table(title=f"answers: {report['qa']} (kb {report['kb']!r})")
+    table.add_column("metric")
+    for run in runs:
+        table.add_column(run["name"], justify="right")
+    for key in [*ANSWER_METRICS, "answerable", "unanswerable", "errors"]:
+        values = [run["metrics"].get(key) for run in runs]
+        if all(v is None for v in values):
+            continue
+        table.add_row(key, *("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
+    table.add_row("seconds", *(f"{run['seconds']:.0f}" for run in runs))
+    return table
 
 
 @eval_app.command("answers")

@@ -172,6 +172,8 @@ class LocalChatModel(BaseChatModel):
         worker.join()
         if failure:
             raise LLMError(f"local generation failed: {failure[0]}") from failure[0]
+        if sent == 0:  # the model ended (or hit a stop string) at once: an empty answer, not a failure
+            yield self._emit("", run_manager)
 
 
 STOP_STRINGS = ["Question:", "问题：", "Sources:", "<document>"]

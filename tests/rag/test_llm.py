@@ -27,6 +27,17 @@ def test_local_backend_streams_one_short_generation(chat_model) -> None:
     assert "".join(pieces) == str(chat_model.invoke(messages).content)  # greedy: reproducible
 
 
+def test_an_empty_generation_is_an_empty_answer_not_an_error(chat_model) -> None:
+    # Every character is a stop string, so the answer is cut before its first one: SQuAD questions
+    # met this through an immediate end-of-text, and langchain called it "No generation chunks".
+    import string
+
+    stop = list(string.printable.strip())
+    chunks = list(chat_model.stream([("user", "Say hello.")], stop=stop))
+    assert "".join(str(c.content) for c in chunks) == ""
+    assert chat_model.invoke([("user", "Say hello.")], stop=stop).content == ""
+
+
 def test_local_backend_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None:
     settings = qa_settings(tmp_path, llm={"adapter": str(tmp_path)})
     with pytest.raises(LLMError, match=r"adapter_config\.json"):
