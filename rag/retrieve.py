@@ -88,14 +88,16 @@ class Retriever:
         complete = None
         if mode == "hybrid" and s.fusion == "zscore":
             complete = self._complete_scores(ranked, qvec, bm25_all)
-        weights = {"dense": s.dense_weight, "bm25": s.bm25_weight}
+        zh = language(query) == "zh"
+        dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
+        weights = {"dense": dense_weight, "bm25": s.bm25_weight}
         fused = fuse(ranked, s.fusion, s.rrf_k, weights, complete)
         depth = max(top_k, s.rerank_candidates) if s.rerank_model else top_k
         hits = self._hits(fused[:depth], ranked, qvec, query)
         if s.rerank_model and hits:
             hits = self._rerank(query, hits)
         hits = hits[:top_k]
-        threshold = s.min_similarity_zh if language(query) == "zh" else s.min_similarity
+        threshold = s.min_similarity_zh if zh else s.min_similarity
         relevant = [
             h for h in hits if h.coverage >= s.min_coverage or (threshold is not None and h.similarity >= threshold)
         ]

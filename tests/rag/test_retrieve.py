@@ -96,6 +96,15 @@ def test_zscore_fusion_with_complete_scores_credits_what_a_list_cut_off() -> Non
     assert lists_only.index(3) > lists_only.index(1)  # without complete scores, 3 loses its dense credit
 
 
+def test_chinese_questions_rank_by_bm25_with_the_english_only_embedder(sample_kb_dir, embedder) -> None:
+    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+        retriever = Retriever(kb, embedder, RetrieveSettings(top_k=4))
+        question = "海川 H10 的保修期是多久？"
+        hybrid = [h.chunk.chunk_id for h in retriever.search(question, mode="hybrid").hits]
+        bm25 = [h.chunk.chunk_id for h in retriever.search(question, mode="bm25").hits]
+        assert bm25 and hybrid[: len(bm25)] == bm25
+
+
 def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None:
     with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings())
