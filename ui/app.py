@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import sys
+from pathlib import Path
 
 import streamlit as st
 
@@ -15,6 +16,7 @@ from rag.config import ConfigError, Settings
 from ui import state
 
 AUTH_KEY = "_authenticated"
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def signed_in(settings: Settings) -> bool:
@@ -38,6 +40,7 @@ def signed_in(settings: Settings) -> bool:
 def main() -> None:
     st.set_page_config(page_title="Document Q&A", page_icon=":material/menu_book:", layout="wide")
     state.inject_css()
+    st.logo(str(ASSETS / "logo.svg"), size="large", icon_image=str(ASSETS / "icon.svg"))
     try:
         settings = state.load(sys.argv[1:])
     except ConfigError as exc:

@@ -20,10 +20,11 @@ from ui import state
 CHATS_KEY = "_chats"
 OPTIONS_KEY = "_chat_options"
 HISTORY_TURNS = 3  # earlier question/answer pairs a follow-up is condensed with
-SNIPPET_CONTEXT = 220  # characters of the page shown around a cited passage
 CLOSEST = 3  # passages offered when the answer is not in the documents
 ATTRIBUTED = "Matched to the answer by wording: the model cited no source itself."
 MODE_HELP = "hybrid: by meaning (dense vectors) and by keywords (BM25), fused"
+USER_AVATAR = ":material/person:"
+ASSISTANT_AVATAR = ":material/auto_stories:"
 BACKENDS = {"local": "Local (in-process)", "openai": "OpenAI-compatible server (vLLM)"}
 _CITE = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
 _NUMBER = re.compile(r"\d{1,3}")
@@ -132,8 +133,9 @@ def anchor(turn_id: int, n: int) -> str:
 
 
 def answer_html(text: str, linked: Callable[[int], str | None]) -> str:
-    """The answer as safe HTML: model output is escaped (it may echo document text), markdown
-    link syntax is neutralised, and each citation [n] becomes a link to its source card."""
+    """The answer as Markdown that is safe to render with HTML enabled: model output is escaped
+    (it may echo document text), link syntax is neutralised, and each citation [n] becomes a
+    link to its source card."""
     out: list[str] = []
     last = 0
     for m in _CITE.finditer(text):
@@ -150,20 +152,65 @@ def answer_html(text: str, linked: Callable[[int], str | None]) -> str:
 
 
 def _escape(text: str) -> str:
-    return html.escape(text).replace("[", "&#91;").replace("]", "&#93;").replace("\n", "  \n")
+    return html.escape(text).replace("[", "&#91;").replace("]", "&#93;")
 
 
-def snippet_html(page_text: str | None, src: Source, context: int = SNIPPET_CONTEXT) -> str:
-    """The cited passage highlighted inside its page: a little text before and after, so the
-    reader sees where it sits.  Falls back to the passage alone when the page cannot be read."""
-    text = page_text or ""
-    if text[src.char_start : src.char_end] != src.text:
-        return f"<mark>{html.escape(src.text)}</mark>"
-    start = max(0, src.char_start - context)
-    end = min(len(text), src.char_end + context)
-    before = ("…" if start > 0 else "") + text[start : src.char_start]
-    after = text[src.char_end : end] + ("…" if end < len(text) else "")
-    return f"{html.escape(before)}<mark>{html.escape(src.text)}</mark>{html.escape(after)}"
+def _html_text(text: str) -> str:
+    """Plain text as one line of HTML: a Markdown HTML block ends at a blank line, after which
+    document text would be read as Markdown (a '#' line becoming a heading)."""
+    return html.escape(text).replace("\r", "").replace("\n", "<br>")
+
+
+_SENTENCE = re.compile(r"[^.!?。！？]+(?:[.!?。！？]+|$)")
+
+
+def supporting_spans(passage: str, reference: str, most: int = 3) -> list[tuple[int, int]]:
+    """Character spans of the passage's sentences that say most of what `reference` (the answer,
+    or the question) says: at least two content words in common, and close to the best sentence.
+    These are what the card highlights."""
+    from rag.lexical import tokenize
+
+    wanted = set(tokenize(reference))
+    scored = []
+    for m in _SENTENCE.finditer(passage):
+        shared = len(set(tokenize(m.group())) & wanted)
+        if shared >= 2:
+            start = m.start() + len(m.group()) - len(m.group().lstrip())
+            scored.append((shared, start, m.start() + len(m.group().rstrip())))
+    if not scored:
+        return []
+    bar = max(2, 0.7 * max(shared for shared, _, _ in scored))
+    best = sorted((x for x in scored if x[0] >= bar), key=lambda x: -x[0])[:most]
+    return sorted((start, end) for _, start, end in best)
+
+
+def snippet_html(src: Source, reference: str, whole_if_none: bool) -> str:
+    """The passage with the sentences that back `reference` highlighted; a cited passage where
+    no sentence stands out is highlighted whole (it is what the answer rests on)."""
+    spans = supporting_spans(src.text, reference) or ([(0, len(src.text))] if whole_if_none else [])
+    out, last = [], 0
+    for start, end in spans:
+        out.append(_html_text(src.text[last:start]))
+        out.append(f"<mark>{_html_text(src.text[start:end])}</mark>")
+        last = end
+    out.append(_html_text(src.text[last:]))
+    return "".join(out).strip()
+
+
+def with_matched_markers(answer: Answer) -> str:
+    """The answer text with [n] after each sentence that was matched to passage n, when the
+    model cited nothing itself, so the text still links to its sources."""
+    from rag.qa import attribute
+
+    if not answer.citations_attributed:
+        return answer.answer
+    out = []
+    for m in _SENTENCE.finditer(answer.answer):
+        sentence = m.group()
+        numbers = attribute(sentence, answer.context)
+        body = sentence.rstrip()
+        out.append(body + "".join(f"[{n}]" for n in numbers) + sentence[len(body) :])
+    return "".join(out)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -264,9 +311,9 @@ def _history(turns: list[Turn]) -> list[tuple[str, str]]:
 def _ask(settings: Settings, name: str, question: str, turns: list[Turn]) -> None:
     from rag.retrieve import Retriever
 
-    with st.chat_message("user"):
+    with st.chat_message("user", avatar=USER_AVATAR):
         st.markdown(_escape(question), unsafe_allow_html=True)
-    with st.chat_message("assistant"):
+    with st.chat_message("assistant", avatar=ASSISTANT_AVATAR):
         kb = state.open_kb(settings, name)
         try:
             retriever = Retriever(kb, state.embedder(settings), settings.retrieve)
@@ -290,19 +337,16 @@ def _stream_into(box: Any, stream: Iterator[str | Answer]) -> Answer:
     text = ""
     while not isinstance(item, Answer):
         text += item
-        box.markdown(
-            f'<div class="rag-answer">{answer_html(text, lambda n: None)}<span class="rag-cursor">▌</span></div>',
-            unsafe_allow_html=True,
-        )
+        box.markdown(f'{answer_html(text, lambda n: None)}<span class="rag-cursor">▌</span>', unsafe_allow_html=True)
         item = next(stream)
     box.empty()
     return item
 
 
 def _show_turn(turn: Turn) -> None:
-    with st.chat_message("user"):
+    with st.chat_message("user", avatar=USER_AVATAR):
         st.markdown(_escape(turn.question), unsafe_allow_html=True)
-    with st.chat_message("assistant"):
+    with st.chat_message("assistant", avatar=ASSISTANT_AVATAR):
         _answer_body(turn)
 
 
@@ -317,8 +361,8 @@ def _answer_body(turn: Turn) -> None:
         st.info(f"**Not found in the documents.** {answer.answer}", icon=":material/search_off:")
     if answer.found and answer.answer:
         numbers = {s.n for s in turn.sources} if turn.sources_title == "Sources" else set()
-        body = answer_html(answer.answer, lambda n: anchor(turn.id, n) if n in numbers else None)
-        st.markdown(f'<div class="rag-answer">{body}</div>', unsafe_allow_html=True)
+        body = answer_html(with_matched_markers(answer), lambda n: anchor(turn.id, n) if n in numbers else None)
+        st.markdown(body, unsafe_allow_html=True)
     if answer.standalone_question != answer.question:
         st.caption(f"Searched for: {answer.standalone_question}")
     if turn.sources:
@@ -335,12 +379,14 @@ def _source_card(turn: Turn, src: Source) -> None:
     page = f"page {src.page}" if src.page is not None else ""
     score = f"score {src.score:.3f}" + (f" · similarity {src.similarity:.2f}" if src.similarity is not None else "")
     text = page_text(src.path, src.page)
+    cited = turn.sources_title == "Sources"
+    reference = turn.answer.answer if cited else turn.answer.standalone_question
     with st.container(border=True):
         st.markdown(
             f'<div class="rag-src" id="{anchor(turn.id, src.n)}"><div class="rag-src-head">'
             f'<span class="rag-src-n">{src.n}</span><span class="rag-src-file">{html.escape(src.name)}</span>'
             f'<span class="rag-src-page">{page}</span><span class="rag-src-score">{score}</span></div>'
-            f'<div class="rag-snippet">{snippet_html(text, src)}</div></div>',
+            f'<div class="rag-snippet">{snippet_html(src, reference, whole_if_none=cited)}</div></div>',
             unsafe_allow_html=True,
         )
         left, right = st.columns([1, 3], vertical_alignment="center")
@@ -358,15 +404,19 @@ def _source_card(turn: Turn, src: Source) -> None:
         with right:
             if text is not None and src.page is not None:
                 with st.expander(f"Text of page {src.page}"):
-                    st.markdown(f'<div class="rag-page-text">{html.escape(text)}</div>', unsafe_allow_html=True)
+                    st.markdown(f'<div class="rag-page-text">{_html_text(text)}</div>', unsafe_allow_html=True)
+
+
+def _seconds(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
 def _timings(answer: Answer) -> None:
     t = answer.timings
-    parts = [f"search {t['retrieve_ms'] / 1000:.1f} s"] if "retrieve_ms" in t else []
+    parts = [f"search {_seconds(t['retrieve_ms'])}"] if "retrieve_ms" in t else []
     if "first_token_ms" in t:
-        parts.append(f"first words after {t['first_token_ms'] / 1000:.1f} s")
+        parts.append(f"first words after {_seconds(t['first_token_ms'])}")
     if "total_ms" in t:
-        parts.append(f"total {t['total_ms'] / 1000:.1f} s")
+        parts.append(f"total {_seconds(t['total_ms'])}")
     if parts:
         st.caption(" · ".join(parts))

@@ -209,7 +209,6 @@ def when(timestamp: float | None) -> str:
 CSS = """
 <style>
 .block-container {padding-top: 2.2rem; max-width: 1100px;}
-.rag-answer {font-size: 1.02rem; line-height: 1.6;}
 a.rag-cite {text-decoration: none; font-weight: 600; font-size: .8em; vertical-align: super;
   padding: 0 .25em; margin: 0 .05em; border-radius: .35em; background: rgba(37,99,235,.12); color: #1d4ed8;}
 a.rag-cite:hover {background: rgba(37,99,235,.25);}
@@ -221,9 +220,9 @@ a.rag-cite:hover {background: rgba(37,99,235,.25);}
 .rag-src-file {font-weight: 600;}
 .rag-src-page {color: #475569;}
 .rag-src-score {margin-left: auto; color: #64748b; font-size: .85em; font-variant-numeric: tabular-nums;}
-.rag-snippet {color: #334155; font-size: .92rem; line-height: 1.55; white-space: pre-wrap;}
+.rag-snippet {color: #334155; font-size: .92rem; line-height: 1.55;}
 .rag-snippet mark {background: #fef08a; color: inherit; padding: 0 .1em; border-radius: .15em;}
-.rag-page-text {white-space: pre-wrap; font-size: .88rem; line-height: 1.5; color: #334155;}
+.rag-page-text {font-size: .88rem; line-height: 1.5; color: #334155;}
 .rag-muted {color: #64748b; font-size: .88rem;}
 </style>
 """
