@@ -277,7 +277,7 @@ def _sidebar(settings: Settings, names: list[str], opts: ChatOptions) -> str | N
     st.session_state[key] = name
     st.selectbox("Knowledge base", names, key=key, on_change=lambda: state.set_current_kb(st.session_state[key]))
     state.watch_generation(name)
-    if st.button("New conversation", icon=":material/edit_square:", width="stretch"):
+    if st.button("New conversation", icon=":material/edit_square:", width="stretch", key="new_conversation"):
         chats()[name] = []
     # Widgets are keyed and seeded from the options: the options outlive the widgets, which
     # Streamlit forgets while another page is shown.

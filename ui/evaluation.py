@@ -230,13 +230,18 @@ def _new_run(settings: Settings, root: Path) -> None:
         return
     available = splits(folder)
     split = st.selectbox("Split", available, index=available.index("test") if "test" in available else 0)
-    modes = st.multiselect("Retrieval modes to compare", MODES, default=MODES)
-    name = st.text_input("Report name", value=f"{folder.name}-{split}-{time.strftime('%Y%m%d-%H%M')}")
+    modes = st.multiselect("Retrieval modes to compare", MODES, default=MODES, key="eval_modes")
+    if st.session_state.get("_eval_named_for") != (str(folder), split):  # a new dataset: a new default name
+        st.session_state["_eval_named_for"] = (str(folder), split)
+        st.session_state["eval_name"] = f"{folder.name}-{split}-{time.strftime('%Y%m%d-%H%M')}"
+    name = st.text_input("Report name", key="eval_name").strip()
     name_issue = run_name_problem(name, root)
     if name_issue:
         st.error(name_issue)
     ready = bool(modes) and not name_issue
-    if not st.button("Run evaluation", type="primary", disabled=not ready, icon=":material/play_arrow:"):
+    if not st.button(
+        "Run evaluation", type="primary", disabled=not ready, icon=":material/play_arrow:", key="run_eval"
+    ):
         return
     try:
         from eval.retrieval import run_retrieval_eval

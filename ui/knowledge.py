@@ -214,7 +214,9 @@ def _bases_table(settings: Settings, names: list[str]) -> None:
 def _create_form(settings: Settings, names: list[str]) -> None:
     st.subheader("Create")
     with st.form("create_kb", clear_on_submit=True, border=True):
-        name = st.text_input("Name", placeholder="e.g. product-manuals", help="Letters, digits, '-', '_' and '.'")
+        name = st.text_input(
+            "Name", placeholder="e.g. product-manuals", help="Letters, digits, '-', '_' and '.'", key="new_kb_name"
+        )
         submitted = st.form_submit_button("Create knowledge base", type="primary", icon=":material/add:")
     if not submitted:
         return
@@ -284,7 +286,7 @@ def _upload(settings: Settings, name: str) -> None:
     )
     count = len(files or [])
     label = f"Add {count} file{'s' * (count != 1)}" if count else "Add files"
-    if not st.button(label, type="primary", disabled=not count, icon=":material/upload:"):
+    if not st.button(label, type="primary", disabled=not count, icon=":material/upload:", key="add_files"):
         return
     bar = st.progress(0.0, text="Saving the files…")
     outcome = add_files(
