@@ -249,8 +249,7 @@ def _manage(settings: Settings, names: list[str], current: str) -> None:
     if kb is None:
         st.warning(f"Knowledge base '{name}' no longer exists.")
         return
-    with st.sidebar:
-        state.watch_generation(name)
+    state.watch_generation(name)
     docs = kb.documents()
     _upload(settings, name)
     st.subheader("Documents")

@@ -123,7 +123,7 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, tmp_path: 
             ["Cleaning and care.", "Wipe the casing with a dry cloth once a month."],
         ],
     )
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page.set_default_timeout(60_000)
     nav = page.get_by_test_id("stSidebarNav")
 
@@ -138,7 +138,7 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, tmp_path: 
     page.locator("input[type=file]").set_input_files(str(pdf))
     page.get_by_role("button", name="Add 1 file").click()
     page.get_by_text("Added 1 document").wait_for(timeout=WAIT_MS)
-    page.get_by_text("1 document · ").wait_for()  # the sidebar's summary of the base
+    page.get_by_text("1 document · ").wait_for()  # the summary under the base's name
     shot(page, "02-document-added")
 
     nav.get_by_text("Chat").click()
@@ -154,7 +154,13 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, tmp_path: 
     answer = page.get_by_test_id("stChatMessage").last.inner_text()
     assert len(answer) > len(streamed)
     assert "Sources" in answer and "ten years" in card.first.inner_text()
-    card.first.scroll_into_view_if_needed()
+    # the answer's [n] links to that card, and the card offers the original file
+    anchor = card.first.get_attribute("id")
+    page.locator(f'a.rag-cite[href="#{anchor}"]').first.click()
+    assert page.url.endswith(f"#{anchor}")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download file").first.click()
+    assert Path(download.value.path()).read_bytes() == pdf.read_bytes()
     shot(page, "04-answer-with-sources")
 
     page.get_by_role("button", name="New conversation").click()
