@@ -24,6 +24,7 @@ def signed_in(settings: Settings) -> bool:
     secret = settings.ui.password
     if secret is None or st.session_state.get(AUTH_KEY):
         return True
+    st.space("large")  # clear of the header bar, which has no sidebar to sit beside here
     _, middle, _ = st.columns([1, 2, 1])
     with middle, st.form("sign_in"):
         st.subheader("Sign in")

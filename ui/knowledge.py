@@ -20,7 +20,7 @@ from ui import state
 from ui.uploads import Stored, is_upload, store_upload, supported_types
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-STATUS_LABEL = {"ok": "✅ ready", "empty": "⚠️ no text", "failed": "❌ failed", "duplicate": "🔁 duplicate"}
+STATUS_LABEL = {"ok": "ready", "empty": "no text", "failed": "failed", "duplicate": "duplicate"}
 
 
 # ---- logic (no Streamlit calls) ------------------------------------------------------------

@@ -37,10 +37,32 @@ def test_loopback_addresses() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("my-host")
 
 
-def test_rag_ui_is_a_command_with_host_and_port(isolated: Path) -> None:
-    result = CliRunner().invoke(cli, ["ui", "--help"])
-    assert result.exit_code == 0
-    assert "--host" in result.output and "--port" in result.output
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
+    """What `rag ui` would exec (the real exec replaces the process: tested end to end in test_e2e)."""
+    calls: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr("os.execve", lambda path, argv, env: calls.append((list(argv), dict(env))))
+    return calls
+
+
+def test_rag_ui_starts_streamlit_on_loopback_with_the_config_file(isolated: Path, started) -> None:
+    config = isolated / "team.toml"
+    config.write_text("[ui]\nport = 8600\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "ui"])
+    assert result.exit_code == 0, result.output
+    ((argv, env),) = started
+    assert "--server.address=127.0.0.1" in argv and "--server.port=8600" in argv
+    assert argv[-2:] == ["--config", str(config.resolve())]
+    assert str(PROJECT_ROOT) in env["PYTHONPATH"]
+    assert "warning" not in result.output
+
+
+def test_rag_ui_on_a_network_address_without_a_password_warns(isolated: Path, started) -> None:
+    result = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0", "--port", "9000"])
+    assert result.exit_code == 0 and "without a password" in result.output
+    assert "--server.address=0.0.0.0" in started[0][0] and "--server.port=9000" in started[0][0]
+    quiet = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0"], env={"RAG_UI__PASSWORD": "s3cret"})
+    assert "without a password" not in quiet.output
 
 
 def test_app_reads_the_config_file_passed_by_rag_ui() -> None:

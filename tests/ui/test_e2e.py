@@ -53,16 +53,22 @@ def browser():
 
 
 @pytest.fixture
-def ui_url(tmp_path: Path) -> Iterator[str]:
-    """`rag ui` on a free port with a private data folder, in its own process group."""
-    port = free_port()
+def rag_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a user's shell: a private data folder, this checkout's packages."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
-    env |= {
+    return env | {
         "RAG_DATA_DIR": str(tmp_path / "data"),
         "RAG_CACHE_DIR": str(MODEL_CACHE),  # the converted LLM, shared with the other tests
         "RAG_LLM__MAX_NEW_TOKENS": "48",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     }
+
+
+@pytest.fixture
+def ui_url(tmp_path: Path, rag_env: dict[str, str]) -> Iterator[str]:
+    """`rag ui` on a free port, in its own process group."""
+    port = free_port()
+    env = rag_env
     log_path = tmp_path / "rag-ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -114,7 +120,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def test_create_upload_ask_and_check_the_source(browser, ui_url: str, tmp_path: Path) -> None:
+def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: dict[str, str], tmp_path: Path) -> None:
     pdf = write_pdf(
         tmp_path / "upload" / "handbook.pdf",
         [
@@ -169,3 +175,10 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, tmp_path: 
     page.get_by_text("Not found in the documents").wait_for(timeout=WAIT_MS)
     page.get_by_text("Closest passages").wait_for()
     shot(page, "05-not-found")
+
+    # `rag ingest` from a shell while the page is open: the page picks up the new generation by itself
+    notes = tmp_path / "upload" / "notes.txt"
+    notes.write_text("The service hotline is open on weekdays from 8 to 18.", encoding="utf-8")
+    ingest = [sys.executable, "-m", "rag", "ingest", str(notes), "--kb", "handbook"]
+    subprocess.run(ingest, env=rag_env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    page.get_by_text("2 documents · ").wait_for(timeout=30_000)

@@ -60,7 +60,7 @@ def test_uploaded_pdf_is_ingested_and_listed_with_pages_and_passages(data_dir: P
     upload(at, ("handbook.pdf", pdf_file.read_bytes()))
     assert "Added 1 document" in texts(at.success)[0]
     (row,) = documents(at)
-    assert (row["Document"], row["Status"], row["Pages"]) == ("handbook.pdf", "✅ ready", 3)
+    assert (row["Document"], row["Status"], row["Pages"]) == ("handbook.pdf", "ready", 3)
     assert row["Passages"] >= 1 and row["Reason"] == ""
     assert (data_dir / "kb" / "manuals" / "files" / "handbook.pdf").read_bytes() == pdf_file.read_bytes()
     assert at.file_uploader[0].value == []  # a fresh uploader, ready for the next files
@@ -79,8 +79,8 @@ def test_upload_names_are_sanitized_never_overwrite_and_failures_say_why(data_di
     assert sorted(p.name for p in files.iterdir()) == ["broken.pdf", "escape-2.txt", "escape.txt"]
     assert not (data_dir / "escape.txt").exists() and not (data_dir.parent / "escape.txt").exists()
     rows = {r["Document"]: r for r in documents(at)}
-    assert rows["escape.txt"]["Status"] == rows["escape-2.txt"]["Status"] == "✅ ready"
-    assert rows["broken.pdf"]["Status"] == "❌ failed"
+    assert rows["escape.txt"]["Status"] == rows["escape-2.txt"]["Status"] == "ready"
+    assert rows["broken.pdf"]["Status"] == "failed"
     assert "not a readable PDF" in rows["broken.pdf"]["Reason"]
 
 
