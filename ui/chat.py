@@ -1,5 +1,6 @@
 """The Chat page: ask a knowledge base, watch the answer stream in, and check every citation
-against its source card (file, page, the passage highlighted in its page, retrieval score)."""
+against its source card (file, page, the passage with the sentences that back the answer
+highlighted, retrieval score, the original file and the page's text)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CHATS_KEY = "_chats"
 OPTIONS_KEY = "_chat_options"
 HISTORY_TURNS = 3  # earlier question/answer pairs a follow-up is condensed with
 CLOSEST = 3  # passages offered when the answer is not in the documents
+SOURCES = "Sources"
 ATTRIBUTED = "Matched to the answer by wording: the model cited no source itself."
 MODE_HELP = "hybrid: by meaning (dense vectors) and by keywords (BM25), fused"
 USER_AVATAR = ":material/person:"
@@ -82,8 +84,6 @@ class Source:
     text: str
     score: float
     similarity: float | None
-    char_start: int
-    char_end: int
 
     @property
     def name(self) -> str:
@@ -95,15 +95,19 @@ class Turn:
     id: int
     question: str
     answer: Answer
-    kb: str
     sources_title: str = ""
     sources_note: str = ""
     sources: list[Source] = field(default_factory=list)
 
+    @property
+    def cited(self) -> bool:
+        """The cards are the answer's own sources (not passages offered instead)."""
+        return self.sources_title == SOURCES
+
 
 def _from_hit(n: int, hit: Hit) -> Source:
     c = hit.chunk
-    return Source(n, c.source, c.page_no, c.text, hit.score, hit.similarity, c.char_start, c.char_end)
+    return Source(n, c.source, c.page_no, c.text, hit.score, hit.similarity)
 
 
 def sources_for(answer: Answer) -> tuple[str, str, list[Source]]:
@@ -118,12 +122,9 @@ def sources_for(answer: Answer) -> tuple[str, str, list[Source]]:
         return "Closest passages", note, [_from_hit(i, h) for i, h in enumerate(hits, start=1)]
     if answer.citations:
         similarity = {h.chunk.chunk_id: h.similarity for h in answer.context}
-        cards = [
-            Source(c.n, c.source, c.page, c.text, c.score, similarity.get(c.chunk_id), c.char_start, c.char_end)
-            for c in answer.citations
-        ]
+        cards = [Source(c.n, c.source, c.page, c.text, c.score, similarity.get(c.chunk_id)) for c in answer.citations]
         note = ATTRIBUTED if answer.citations_attributed else ""
-        return "Sources", note, cards
+        return SOURCES, note, cards
     note = "The answer cites none of them."
     return "Passages given to the model", note, [_from_hit(i, h) for i, h in enumerate(answer.context, start=1)]
 
@@ -273,9 +274,7 @@ def _sidebar(settings: Settings, names: list[str], opts: ChatOptions) -> str | N
     name = state.current_kb(settings, names)
     if name is None:
         return None
-    key = "kb_picker_chat"
-    st.session_state[key] = name
-    st.selectbox("Knowledge base", names, key=key, on_change=lambda: state.set_current_kb(st.session_state[key]))
+    state.kb_picker(names, name, key="kb_picker_chat")
     state.watch_generation(name)
     if st.button("New conversation", icon=":material/edit_square:", width="stretch", key="new_conversation"):
         chats()[name] = []
@@ -325,7 +324,7 @@ def _ask(settings: Settings, name: str, question: str, turns: list[Turn]) -> Non
             return
         seq = st.session_state["_turn_seq"] = st.session_state.get("_turn_seq", 0) + 1
         title, note, cards = sources_for(answer)
-        turn = Turn(seq, question, answer, name, title, note, cards)
+        turn = Turn(seq, question, answer, title, note, cards)
         _answer_body(turn)
     turns.append(turn)
 
@@ -360,7 +359,7 @@ def _answer_body(turn: Turn) -> None:
     elif not answer.found:
         st.info(f"**Not found in the documents.** {answer.answer}", icon=":material/search_off:")
     if answer.found and answer.answer:
-        numbers = {s.n for s in turn.sources} if turn.sources_title == "Sources" else set()
+        numbers = {s.n for s in turn.sources} if turn.cited else set()
         body = answer_html(with_matched_markers(answer), lambda n: anchor(turn.id, n) if n in numbers else None)
         st.markdown(body, unsafe_allow_html=True)
     if answer.standalone_question != answer.question:
@@ -379,14 +378,13 @@ def _source_card(turn: Turn, src: Source) -> None:
     page = f"page {src.page}" if src.page is not None else ""
     score = f"score {src.score:.3f}" + (f" · similarity {src.similarity:.2f}" if src.similarity is not None else "")
     text = page_text(src.path, src.page)
-    cited = turn.sources_title == "Sources"
-    reference = turn.answer.answer if cited else turn.answer.standalone_question
+    reference = turn.answer.answer if turn.cited else turn.answer.standalone_question
     with st.container(border=True):
         st.markdown(
             f'<div class="rag-src" id="{anchor(turn.id, src.n)}"><div class="rag-src-head">'
             f'<span class="rag-src-n">{src.n}</span><span class="rag-src-file">{html.escape(src.name)}</span>'
             f'<span class="rag-src-page">{page}</span><span class="rag-src-score">{score}</span></div>'
-            f'<div class="rag-snippet">{snippet_html(src, reference, whole_if_none=cited)}</div></div>',
+            f'<div class="rag-snippet">{snippet_html(src, reference, whole_if_none=turn.cited)}</div></div>',
             unsafe_allow_html=True,
         )
         left, right = st.columns([1, 3], vertical_alignment="center")

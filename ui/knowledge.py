@@ -231,20 +231,8 @@ def _create_form(settings: Settings, names: list[str]) -> None:
     st.rerun()
 
 
-def _pick(names: list[str], current: str) -> str:
-    key = "kb_picker_manage"
-    st.session_state[key] = current
-    st.selectbox(
-        "Knowledge base",
-        names,
-        key=key,
-        on_change=lambda: state.set_current_kb(st.session_state[key]),
-    )
-    return current
-
-
-def _manage(settings: Settings, names: list[str], current: str) -> None:
-    name = _pick(names, current)
+def _manage(settings: Settings, names: list[str], name: str) -> None:
+    state.kb_picker(names, name, key="kb_picker_manage")
     kb = state.open_kb(settings, name)
     if kb is None:
         st.warning(f"Knowledge base '{name}' no longer exists.")

@@ -113,6 +113,13 @@ def set_current_kb(name: str | None) -> None:
     st.session_state[CURRENT_KB_KEY] = name
 
 
+def kb_picker(names: list[str], current: str, key: str) -> None:
+    """A select box for the current base.  Its value is set from the session's choice on every
+    run, so a base chosen (or just created) on one page is the one shown on the other."""
+    st.session_state[key] = current
+    st.selectbox("Knowledge base", names, key=key, on_change=lambda: set_current_kb(st.session_state[key]))
+
+
 def _db_identity(root: Path) -> tuple[int, int] | None:
     try:
         stat = (root / "kb.sqlite").stat()
