@@ -77,7 +77,7 @@ def base_rows(settings: Settings, names: Sequence[str]) -> list[dict[str, Any]]:
                 "Failed": sum(1 for d in docs if d.status in ("failed", "empty")),
                 "Passages": kb.chunk_count(),
                 "Size": state.human_size(kb.size_on_disk()),
-                "Updated": state.when(max((d.added_at for d in docs), default=kb.meta().get("created_at"))),
+                "Updated": state.when(max((d.added_at for d in docs), default=kb.meta().get("created_at")))[:10],
             }
         )
     return rows

@@ -120,6 +120,14 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+def ask(page, question: str) -> None:
+    """Type into the chat box and send; returns once the question shows as a message."""
+    box = page.get_by_placeholder("Ask a question about your documents")
+    box.fill(question)
+    box.press("Enter")
+    page.get_by_test_id("stChatMessage").filter(has_text=question).first.wait_for()
+
+
 def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: dict[str, str], tmp_path: Path) -> None:
     pdf = write_pdf(
         tmp_path / "upload" / "handbook.pdf",
@@ -145,11 +153,11 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     page.get_by_role("button", name="Add 1 file").click()
     page.get_by_text("Added 1 document").wait_for(timeout=WAIT_MS)
     page.get_by_text("1 document · ").wait_for()  # the summary under the base's name
+    page.get_by_role("heading", name="Documents").scroll_into_view_if_needed()
     shot(page, "02-document-added")
 
     nav.get_by_text("Chat").click()
-    page.get_by_placeholder("Ask a question about your documents").fill("How long does the warranty last?")
-    page.keyboard.press("Enter")
+    ask(page, "How long does the warranty last?")
     cursor = page.locator(".rag-cursor")
     cursor.first.wait_for(timeout=WAIT_MS)  # tokens are arriving: the answer streams
     streamed = page.get_by_test_id("stChatMessage").last.inner_text()
@@ -170,8 +178,8 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     shot(page, "04-answer-with-sources")
 
     page.get_by_role("button", name="New conversation").click()
-    page.get_by_placeholder("Ask a question about your documents").fill("What is the recipe for chocolate cake?")
-    page.keyboard.press("Enter")
+    page.get_by_test_id("stChatMessage").first.wait_for(state="detached")  # the page has redrawn, empty
+    ask(page, "What is the recipe for chocolate cake?")
     page.get_by_text("Not found in the documents").wait_for(timeout=WAIT_MS)
     page.get_by_text("Closest passages").wait_for()
     shot(page, "05-not-found")
