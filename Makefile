@@ -15,9 +15,20 @@ export TOKENIZERS_PARALLELISM := false
 # whatever else runs (measured: query encoding 28 ms quiet, 330 ms beside one busy process).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test lint bench eval clean
+.PHONY: setup browser demo test lint bench eval clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The browser tests (pytest -m e2e) drive Debian's chromium; no browser is ever downloaded.
+# Installed here when we can (root with apt-get, as in CI); otherwise those tests skip, saying how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "note: chromium is not installed, so the browser tests will be skipped;" \
+	         "install it with: sudo apt-get install chromium"; \
+	  fi; }
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

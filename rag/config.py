@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +115,15 @@ class LLMSettings(_Section):
     condense_history: bool = Field(True, description="rewrite follow-ups into standalone questions")
 
 
+class UISettings(_Section):
+    host: str = Field("127.0.0.1", description="address `rag ui` listens on; set a password before exposing it")
+    port: int = Field(8501, ge=1, le=65535, description="port `rag ui` listens on")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest file the web UI accepts for upload, in MB")
+    password: SecretStr | None = Field(
+        None, description="asked for before the web UI opens; set it (or RAG_UI__PASSWORD) when not on 127.0.0.1"
+    )
+
+
 class Settings(BaseSettings):
     """Everything the product can be told, with defaults that work with no file at all."""
 
@@ -135,6 +144,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    ui: UISettings = Field(default_factory=UISettings)
     cache_dir: Path = Field(
         default_factory=lambda: _default_cache_dir(),
         description="converted models and other re-creatable files",

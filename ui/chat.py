@@ -1,0 +1,420 @@
+"""The Chat page: ask a knowledge base, watch the answer stream in, and check every citation
+against its source card (file, page, the passage with the sentences that back the answer
+highlighted, retrieval score, the original file and the page's text)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from rag.config import Settings
+from rag.qa import QA, Answer
+from rag.retrieve import Hit
+from ui import state
+
+CHATS_KEY = "_chats"
+OPTIONS_KEY = "_chat_options"
+HISTORY_TURNS = 3  # earlier question/answer pairs a follow-up is condensed with
+CLOSEST = 3  # passages offered when the answer is not in the documents
+SOURCES = "Sources"
+ATTRIBUTED = "Matched to the answer by wording: the model cited no source itself."
+MODE_HELP = "hybrid: by meaning (dense vectors) and by keywords (BM25), fused"
+USER_AVATAR = ":material/person:"
+ASSISTANT_AVATAR = ":material/auto_stories:"
+BACKENDS = {"local": "Local (in-process)", "openai": "OpenAI-compatible server (vLLM)"}
+_CITE = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
+_NUMBER = re.compile(r"\d{1,3}")
+
+
+# ---- options in the sidebar ----------------------------------------------------------------
+@dataclass
+class ChatOptions:
+    """The settings a user touches while asking; everything else comes from rag.toml."""
+
+    mode: str
+    top_k: int
+    backend: str
+    model: str
+    adapter: str
+    base_url: str
+    temperature: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChatOptions:
+        llm = settings.llm
+        return cls(
+            settings.retrieve.mode,
+            settings.retrieve.top_k,
+            llm.backend,
+            llm.model,
+            llm.adapter or "",
+            llm.base_url,
+            llm.temperature,
+        )
+
+    def apply(self, settings: Settings) -> Settings:
+        """Settings for one question: the file's, with this session's choices on top."""
+        retrieve = settings.retrieve.model_copy(update={"mode": self.mode, "top_k": self.top_k})
+        llm = settings.llm.model_copy(
+            update={
+                "backend": self.backend,
+                "model": self.model.strip() or settings.llm.model,
+                "adapter": self.adapter.strip() or None,
+                "base_url": self.base_url.strip() or settings.llm.base_url,
+                "temperature": self.temperature,
+            }
+        )
+        return settings.model_copy(update={"retrieve": retrieve, "llm": llm})
+
+
+# ---- one exchange --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One source card: a cited (or retrieved) passage and where it comes from."""
+
+    n: int
+    path: str
+    page: int | None
+    text: str
+    score: float
+    similarity: float | None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class Turn:
+    id: int
+    question: str
+    answer: Answer
+    sources_title: str = ""
+    sources_note: str = ""
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def cited(self) -> bool:
+        """The cards are the answer's own sources (not passages offered instead)."""
+        return self.sources_title == SOURCES
+
+
+def _from_hit(n: int, hit: Hit) -> Source:
+    c = hit.chunk
+    return Source(n, c.source, c.page_no, c.text, hit.score, hit.similarity)
+
+
+def sources_for(answer: Answer) -> tuple[str, str, list[Source]]:
+    """(heading, note, cards) for an answer: its citations; or, when it cites nothing, the
+    passages the model was given; when nothing was found or the model failed, the closest ones."""
+    if answer.error:
+        hits = answer.context or answer.retrieved
+        return "Retrieved passages", "", [_from_hit(i, h) for i, h in enumerate(hits, start=1)]
+    if not answer.found:
+        hits = answer.retrieved[:CLOSEST]
+        note = "None of them answers the question well enough." if hits else "The knowledge base holds no passages yet."
+        return "Closest passages", note, [_from_hit(i, h) for i, h in enumerate(hits, start=1)]
+    if answer.citations:
+        similarity = {h.chunk.chunk_id: h.similarity for h in answer.context}
+        cards = [Source(c.n, c.source, c.page, c.text, c.score, similarity.get(c.chunk_id)) for c in answer.citations]
+        note = ATTRIBUTED if answer.citations_attributed else ""
+        return SOURCES, note, cards
+    note = "The answer cites none of them."
+    return "Passages given to the model", note, [_from_hit(i, h) for i, h in enumerate(answer.context, start=1)]
+
+
+def anchor(turn_id: int, n: int) -> str:
+    return f"src-{turn_id}-{n}"
+
+
+def answer_html(text: str, linked: Callable[[int], str | None]) -> str:
+    """The answer as Markdown that is safe to render with HTML enabled: model output is escaped
+    (it may echo document text), link syntax is neutralised, and each citation [n] becomes a
+    link to its source card."""
+    out: list[str] = []
+    last = 0
+    for m in _CITE.finditer(text):
+        out.append(_escape(text[last : m.start()]))
+        parts = []
+        for number in _NUMBER.findall(m.group(1)):
+            target = linked(int(number))
+            label = f"&#91;{number}&#93;"
+            parts.append(f'<a class="rag-cite" href="#{target}">{label}</a>' if target else label)
+        out.append("".join(parts))
+        last = m.end()
+    out.append(_escape(text[last:]))
+    return "".join(out)
+
+
+def _escape(text: str) -> str:
+    return html.escape(text).replace("[", "&#91;").replace("]", "&#93;")
+
+
+def _html_text(text: str) -> str:
+    """Plain text as one line of HTML: a Markdown HTML block ends at a blank line, after which
+    document text would be read as Markdown (a '#' line becoming a heading)."""
+    return html.escape(text).replace("\r", "").replace("\n", "<br>")
+
+
+_SENTENCE = re.compile(r"[^.!?。！？]+(?:[.!?。！？]+|$)")
+
+
+def supporting_spans(passage: str, reference: str, most: int = 3) -> list[tuple[int, int]]:
+    """Character spans of the passage's sentences that say most of what `reference` (the answer,
+    or the question) says: at least two content words in common, and close to the best sentence.
+    These are what the card highlights."""
+    from rag.lexical import tokenize
+
+    wanted = set(tokenize(reference))
+    scored = []
+    for m in _SENTENCE.finditer(passage):
+        shared = len(set(tokenize(m.group())) & wanted)
+        if shared >= 2:
+            start = m.start() + len(m.group()) - len(m.group().lstrip())
+            scored.append((shared, start, m.start() + len(m.group().rstrip())))
+    if not scored:
+        return []
+    bar = max(2, 0.7 * max(shared for shared, _, _ in scored))
+    best = sorted((x for x in scored if x[0] >= bar), key=lambda x: -x[0])[:most]
+    return sorted((start, end) for _, start, end in best)
+
+
+def snippet_html(src: Source, reference: str, whole_if_none: bool) -> str:
+    """The passage with the sentences that back `reference` highlighted; a cited passage where
+    no sentence stands out is highlighted whole (it is what the answer rests on)."""
+    spans = supporting_spans(src.text, reference) or ([(0, len(src.text))] if whole_if_none else [])
+    out, last = [], 0
+    for start, end in spans:
+        out.append(_html_text(src.text[last:start]))
+        out.append(f"<mark>{_html_text(src.text[start:end])}</mark>")
+        last = end
+    out.append(_html_text(src.text[last:]))
+    return "".join(out).strip()
+
+
+def with_matched_markers(answer: Answer) -> str:
+    """The answer text with [n] after each sentence that was matched to passage n, when the
+    model cited nothing itself, so the text still links to its sources."""
+    from rag.qa import attribute
+
+    if not answer.citations_attributed:
+        return answer.answer
+    out = []
+    for m in _SENTENCE.finditer(answer.answer):
+        sentence = m.group()
+        numbers = attribute(sentence, answer.context)
+        body = sentence.rstrip()
+        out.append(body + "".join(f"[{n}]" for n in numbers) + sentence[len(body) :])
+    return "".join(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def page_texts(path: str, mtime: float, size: int) -> dict[int | None, str]:
+    """Page number -> text of a document, read again with the ingest loaders (cached by
+    modification time, so an edited file is re-read)."""
+    from ingest.loaders import load_file
+
+    file = Path(path)
+    return {p.page_no: p.text for p in load_file(file, file.read_bytes())}
+
+
+def page_text(path: str, page: int | None) -> str | None:
+    try:
+        stat = Path(path).stat()
+        return page_texts(path, stat.st_mtime, stat.st_size).get(page)
+    except Exception:  # moved, deleted, or no longer parseable: the card shows the passage alone
+        return None
+
+
+# ---- page ----------------------------------------------------------------------------------
+def options(settings: Settings) -> ChatOptions:
+    if OPTIONS_KEY not in st.session_state:
+        st.session_state[OPTIONS_KEY] = ChatOptions.from_settings(settings)
+    return st.session_state[OPTIONS_KEY]
+
+
+def chats() -> dict[str, list[Turn]]:
+    return st.session_state.setdefault(CHATS_KEY, {})
+
+
+def render() -> None:
+    settings = state.settings()
+    names = state.kb_names(settings)
+    opts = options(settings)
+    with st.sidebar:
+        name = _sidebar(settings, names, opts)
+    st.title("Chat")
+    if name is None:
+        st.info("There is no knowledge base yet. Create one and add documents to ask about.", icon=":material/info:")
+        st.page_link("views/knowledge_bases.py", label="Create a knowledge base", icon=":material/add:")
+        return
+    kb = state.open_kb(settings, name)
+    if kb is None:
+        st.warning(f"Knowledge base '{name}' no longer exists.")
+        return
+    st.caption(f"Answers come only from the documents in **{name}**; each [n] links to the passage it came from.")
+    if kb.chunk_count() == 0:
+        st.info(f"'{name}' has no documents yet.", icon=":material/description:")
+        st.page_link("views/knowledge_bases.py", label="Add documents", icon=":material/upload:")
+    turns = chats().setdefault(name, [])
+    for turn in turns:
+        _show_turn(turn)
+    question = st.chat_input("Ask a question about your documents")
+    if question and question.strip():
+        _ask(opts.apply(settings), name, question.strip(), turns)
+
+
+def _sidebar(settings: Settings, names: list[str], opts: ChatOptions) -> str | None:
+    name = state.current_kb(settings, names)
+    if name is None:
+        return None
+    state.kb_picker(names, name, key="kb_picker_chat")
+    state.watch_generation(name)
+    if st.button("New conversation", icon=":material/edit_square:", width="stretch", key="new_conversation"):
+        chats()[name] = []
+    # Widgets are keyed and seeded from the options: the options outlive the widgets, which
+    # Streamlit forgets while another page is shown.
+    for field_name, value in vars(opts).items():
+        st.session_state.setdefault(f"opt_{field_name}", value)
+    st.subheader("Retrieval")
+    st.radio("Search", ["hybrid", "dense", "bm25"], key="opt_mode", horizontal=True, help=MODE_HELP)
+    st.slider("Passages retrieved (top-k)", 1, 20, key="opt_top_k")
+    st.subheader("Language model")
+    st.selectbox("Backend", ["local", "openai"], key="opt_backend", format_func=BACKENDS.get)
+    if st.session_state["opt_backend"] == "openai":
+        st.text_input("Model or LoRA adapter name", key="opt_model")
+        st.text_input("Server URL", key="opt_base_url")
+    else:
+        st.text_input("Model", key="opt_model")
+        st.text_input("LoRA adapter folder (optional)", key="opt_adapter", placeholder="path to a peft adapter")
+    st.slider("Temperature", 0.0, 1.5, step=0.05, key="opt_temperature", help="0 = the same answer every time")
+    for field_name in vars(opts):
+        setattr(opts, field_name, st.session_state[f"opt_{field_name}"])
+    return name
+
+
+def _history(turns: list[Turn]) -> list[tuple[str, str]]:
+    history: list[tuple[str, str]] = []
+    for turn in turns[-HISTORY_TURNS:]:
+        if turn.answer.found and turn.answer.answer:
+            history += [("user", turn.question), ("assistant", turn.answer.answer)]
+    return history
+
+
+def _ask(settings: Settings, name: str, question: str, turns: list[Turn]) -> None:
+    from rag.retrieve import Retriever
+
+    with st.chat_message("user", avatar=USER_AVATAR):
+        st.markdown(_escape(question), unsafe_allow_html=True)
+    with st.chat_message("assistant", avatar=ASSISTANT_AVATAR):
+        kb = state.open_kb(settings, name)
+        try:
+            retriever = Retriever(kb, state.embedder(settings), settings.retrieve)
+            qa = QA(retriever, settings, state.chat_model_factory(settings))
+            stream = qa.stream(question, _history(turns), mode=settings.retrieve.mode, top_k=settings.retrieve.top_k)
+            answer = _stream_into(st.empty(), stream)
+        except Exception as exc:  # LLM failures are in the Answer; this is anything else (a model missing, say)
+            st.error(f"Could not answer: {exc}", icon=":material/error:")
+            return
+        seq = st.session_state["_turn_seq"] = st.session_state.get("_turn_seq", 0) + 1
+        title, note, cards = sources_for(answer)
+        turn = Turn(seq, question, answer, title, note, cards)
+        _answer_body(turn)
+    turns.append(turn)
+
+
+def _stream_into(box: Any, stream: Iterator[str | Answer]) -> Answer:
+    """Show tokens as they arrive (with a cursor), then hand back the final Answer."""
+    with st.spinner("Searching the documents…"):
+        item = next(stream)
+    text = ""
+    while not isinstance(item, Answer):
+        text += item
+        box.markdown(f'{answer_html(text, lambda n: None)}<span class="rag-cursor">▌</span>', unsafe_allow_html=True)
+        item = next(stream)
+    box.empty()
+    return item
+
+
+def _show_turn(turn: Turn) -> None:
+    with st.chat_message("user", avatar=USER_AVATAR):
+        st.markdown(_escape(turn.question), unsafe_allow_html=True)
+    with st.chat_message("assistant", avatar=ASSISTANT_AVATAR):
+        _answer_body(turn)
+
+
+def _answer_body(turn: Turn) -> None:
+    answer = turn.answer
+    if answer.error:
+        st.error(
+            f"**The language model did not answer.** {answer.error}. The passages found for your question are below.",
+            icon=":material/cloud_off:",
+        )
+    elif not answer.found:
+        st.info(f"**Not found in the documents.** {answer.answer}", icon=":material/search_off:")
+    if answer.found and answer.answer:
+        numbers = {s.n for s in turn.sources} if turn.cited else set()
+        body = answer_html(with_matched_markers(answer), lambda n: anchor(turn.id, n) if n in numbers else None)
+        st.markdown(body, unsafe_allow_html=True)
+    if answer.standalone_question != answer.question:
+        st.caption(f"Searched for: {answer.standalone_question}")
+    if turn.sources:
+        note = f" · <span class='rag-muted'>{html.escape(turn.sources_note)}</span>" if turn.sources_note else ""
+        st.markdown(f"**{turn.sources_title}**{note}", unsafe_allow_html=True)
+        for src in turn.sources:
+            _source_card(turn, src)
+    elif turn.sources_note:
+        st.caption(turn.sources_note)
+    _timings(answer)
+
+
+def _source_card(turn: Turn, src: Source) -> None:
+    page = f"page {src.page}" if src.page is not None else ""
+    score = f"score {src.score:.3f}" + (f" · similarity {src.similarity:.2f}" if src.similarity is not None else "")
+    text = page_text(src.path, src.page)
+    reference = turn.answer.answer if turn.cited else turn.answer.standalone_question
+    with st.container(border=True):
+        st.markdown(
+            f'<div class="rag-src" id="{anchor(turn.id, src.n)}"><div class="rag-src-head">'
+            f'<span class="rag-src-n">{src.n}</span><span class="rag-src-file">{html.escape(src.name)}</span>'
+            f'<span class="rag-src-page">{page}</span><span class="rag-src-score">{score}</span></div>'
+            f'<div class="rag-snippet">{snippet_html(src, reference, whole_if_none=turn.cited)}</div></div>',
+            unsafe_allow_html=True,
+        )
+        left, right = st.columns([1, 3], vertical_alignment="center")
+        with left:
+            if Path(src.path).is_file():
+                st.download_button(
+                    "Download file",
+                    data=lambda p=src.path: Path(p).read_bytes(),
+                    file_name=src.name,
+                    key=f"dl-{turn.id}-{src.n}",
+                    icon=":material/download:",
+                    on_click="ignore",
+                    type="tertiary",
+                )
+        with right:
+            if text is not None and src.page is not None:
+                with st.expander(f"Text of page {src.page}"):
+                    st.markdown(f'<div class="rag-page-text">{_html_text(text)}</div>', unsafe_allow_html=True)
+
+
+def _seconds(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def _timings(answer: Answer) -> None:
+    t = answer.timings
+    parts = [f"search {_seconds(t['retrieve_ms'])}"] if "retrieve_ms" in t else []
+    if "first_token_ms" in t:
+        parts.append(f"first words after {_seconds(t['first_token_ms'])}")
+    if "total_ms" in t:
+        parts.append(f"total {_seconds(t['total_ms'])}")
+    if parts:
+        st.caption(" · ".join(parts))

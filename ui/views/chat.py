@@ -1,0 +1,5 @@
+"""Chat page script (Streamlit runs it; the logic is in ui.chat)."""
+
+from ui.chat import render
+
+render()
