@@ -52,7 +52,7 @@ demo: setup
 	$(BIN)/rag ask --kb sample "海川 H10 的逆变器保修期是几年？"
 	$(BIN)/rag ask --kb sample "What is the capital of France?"
 
-test: setup
+test: setup serve-setup
 	$(BIN)/python -m pytest
 
 lint: setup

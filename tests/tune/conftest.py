@@ -9,9 +9,16 @@ import pytest
 
 from eval.datasets import QAItem, write_corpus
 from tests.conftest import MODEL_CACHE, qa_settings
-from tests.fixtures.beir import DOCS
 
-# Over tests/fixtures/beir.py's six one-sentence documents.
+# Six one-sentence documents, one fact each, and questions over them.
+DOCS = {
+    "d1": ("Solar panels", "Photovoltaic panels convert sunlight into electricity using silicon cells."),
+    "d2": ("Wind turbines", "Wind turbines turn the kinetic energy of moving air into electrical power."),
+    "d3": ("Bread baking", "Sourdough bread rises because wild yeast ferments the dough overnight."),
+    "d4": ("Coffee brewing", "Espresso is brewed by forcing hot water through finely ground coffee beans."),
+    "d5": ("Glaciers", "Glaciers carve valleys as compacted snow and ice slowly flow downhill."),
+    "d6": ("Honey bees", "Honey bees pollinate flowers and store nectar as honey in wax combs."),
+}
 QA = [
     QAItem("a1", "What do photovoltaic panels convert sunlight into?", ["electricity"], ["d1"]),
     QAItem("a2", "What makes sourdough bread rise overnight?", ["wild yeast"], ["d3"]),

@@ -18,8 +18,7 @@ from rag.prompts import NOT_FOUND, SYSTEM
 from rag.retrieve import Retriever
 from rag.tune.data import SFTDataError, build_examples, load_sft, write_sft
 from tests.conftest import MODEL_CACHE, qa_settings
-from tests.fixtures.beir import DOCS
-from tests.tune.conftest import QA
+from tests.tune.conftest import DOCS, QA
 
 BLOCK = re.compile(r"^\[(\d+)\] \((.+?)\)\n<document>\n(.*?)\n</document>", re.MULTILINE | re.DOTALL)
 
