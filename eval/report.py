@@ -215,34 +215,34 @@ def _pyplot():
 
 
 def plot_metrics(report: dict[str, Any], path: Path) -> None:
-    """Grouped bars: one group per metric, one bar per configuration; published nDCG@10 lines."""
+    """Left: nDCG@10 of every configuration beside the published numbers (grey), best on top.
+    Right: the other metrics, one group per metric, one bar per configuration."""
     import numpy as np
 
     plt = _pyplot()
     runs = report["runs"]
-    metrics = list(METRIC_LABELS)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(metrics) + 0.4 * len(runs)), 4.2), dpi=110)
+    ours = [(r["name"], r["metrics"]["ndcg@10"], f"C{i % 10}") for i, r in enumerate(runs)]
+    published = [(n, v["ndcg@10"], "0.75") for n, v in (report.get("published") or {}).items() if "ndcg@10" in v]
+    rows = sorted(ours + published, key=lambda r: r[1])
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11, max(3.6, 0.32 * len(rows) + 1.4)), dpi=110, gridspec_kw={"width_ratios": [1, 1.3]}
+    )
+    bars = left.barh([r[0] for r in rows], [r[1] for r in rows], color=[r[2] for r in rows])
+    left.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    left.set_xlim(0, min(1.0, max(r[1] for r in rows) * 1.18))
+    left.set_title("nDCG@10 (grey: published)", fontsize=10)
+    left.tick_params(axis="y", labelsize=8)
+    others = [m for m in METRIC_LABELS if m != "ndcg@10"]
     width = 0.8 / max(1, len(runs))
-    x = np.arange(len(metrics))
+    x = np.arange(len(others))
     for i, run in enumerate(runs):
-        values = [run["metrics"][m] for m in metrics]
-        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=run["name"])
-        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
-    for j, (name, values) in enumerate((report.get("published") or {}).items()):
-        if "ndcg@10" in values:
-            ax.hlines(
-                values["ndcg@10"],
-                -0.45,
-                0.45,
-                colors=f"C{(len(runs) + j) % 10}",
-                linestyles="dashed",
-                label=f"{name} nDCG@10",
-            )
-    ax.set_xticks(x, [METRIC_LABELS[m] for m in metrics])
-    ax.set_ylim(0, 1.08)
-    ax.set_title(f"{report['dataset']} ({report['split']})")
-    ax.legend(fontsize=7, ncols=2, loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
+        offset = (i - (len(runs) - 1) / 2) * width
+        right.bar(x + offset, [run["metrics"][m] for m in others], width, label=run["name"], color=f"C{i % 10}")
+    right.set_xticks(x, [METRIC_LABELS[m] for m in others])
+    right.set_ylim(0, 1.0)
+    right.grid(axis="y", alpha=0.3)
+    right.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, -0.32), ncols=min(4, len(runs)), frameon=False)
+    fig.suptitle(f"{report['dataset']} ({report['split']} split, {report['queries']} queries)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -115,10 +115,25 @@ def chunk_depth(kb: KnowledgeBase) -> int:
     return min(MAX_CHUNK_DEPTH, max(DOC_DEPTH, math.ceil(DOC_DEPTH * per_doc * 1.5)))
 
 
+def twins(kb: KnowledgeBase) -> dict[int, list[str]]:
+    """doc_id -> corpus ids of the documents stored as its duplicates.  Ingest keeps identical
+    content once (NFCorpus has 40 such pairs); a hit on it is a hit on each of its copies."""
+    out: dict[int, list[str]] = {}
+    for doc in kb.documents(status="duplicate"):
+        if doc.content_of is not None:
+            out.setdefault(doc.content_of, []).append(doc_id_of(doc.path))
+    return out
+
+
 def run_queries(
-    retriever: Retriever, queries: dict[str, str], mode: str, depth: int, progress: Callable[[int], None] | None = None
+    retriever: Retriever,
+    queries: dict[str, str],
+    mode: str,
+    depth: int,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[str]]:
     """query id -> corpus ids, best first, each document once (at its best chunk's rank)."""
+    copies = twins(retriever.kb)
     ids = list(queries)
     ranked: dict[str, list[str]] = {}
     for start in range(0, len(ids), QUERY_BATCH):
@@ -127,7 +142,8 @@ def run_queries(
         vectors = retriever.embedder.encode_queries([queries[q] for q in batch])
         for qid, qvec in zip(batch, vectors, strict=True):
             hits = retriever.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
-            ranked[qid] = best_per_document([doc_id_of(h.chunk.source) for h in hits])[:DOC_DEPTH]
+            docs = [d for h in hits for d in [doc_id_of(h.chunk.source), *copies.get(h.chunk.doc_id, [])]]
+            ranked[qid] = best_per_document(docs)[:DOC_DEPTH]
         if progress:
             progress(min(start + QUERY_BATCH, len(ids)))
     return ranked

@@ -60,6 +60,7 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
         self._reranker: Any = None
+        self._row_map: tuple[np.ndarray, dict[int, int]] | None = None
 
     # ---- public ----------------------------------------------------------------------------
     def search(
@@ -78,11 +79,17 @@ class Retriever:
         allowed = self._allowed_ids(filters) if filters and filters.active() else None
         qvec = query_vector if query_vector is not None else self.embedder.encode_queries([query])[0]
         ranked: dict[str, list[tuple[int, float]]] = {}
+        bm25_all = None
         if mode in ("dense", "hybrid"):
             ranked["dense"] = self._dense(qvec, s.candidates, allowed)
         if mode in ("bm25", "hybrid"):
-            ranked["bm25"] = self._bm25(query, s.candidates, allowed)
-        fused = fuse(ranked, s.fusion, s.rrf_k, {"dense": s.dense_weight, "bm25": s.bm25_weight})
+            bm25_all = self._bm25_scores(query, allowed)
+            ranked["bm25"] = _top(bm25_all, s.candidates)
+        complete = None
+        if mode == "hybrid" and s.fusion == "zscore":
+            complete = self._complete_scores(ranked, qvec, bm25_all)
+        weights = {"dense": s.dense_weight, "bm25": s.bm25_weight}
+        fused = fuse(ranked, s.fusion, s.rrf_k, weights, complete)
         depth = max(top_k, s.rerank_candidates) if s.rerank_model else top_k
         hits = self._hits(fused[:depth], ranked, qvec, query)
         if s.rerank_model and hits:
@@ -109,21 +116,39 @@ class Retriever:
         scores, ids = index.search(qvec[None, :], min(k, index.ntotal), params=params)
         return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
 
-    def _bm25(self, query: str, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+    def _bm25_scores(self, query: str, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(score per indexed chunk, row -> chunk id), or None when nothing can match."""
         loaded = self.kb.bm25_index()
         if loaded is None:
-            return []
+            return None
         model, row_ids = loaded
         token_ids = model.get_tokens_ids(tokenize(query))
         if not token_ids:
-            return []
+            return None
         scores = model.get_scores_from_ids(token_ids)
         if allowed is not None:
             scores = np.where(np.isin(row_ids, allowed), scores, 0.0)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(row_ids[r]), float(scores[r])) for r in top if scores[r] > 0]
+        return scores, row_ids
+
+    def _complete_scores(
+        self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, bm25_all: tuple | None
+    ) -> dict[str, dict[int, float]]:
+        """Both retrievers' scores for every candidate either one found.  A passage that is 101st
+        for BM25 still has a BM25 score; fusing it as if it had none cost 0.005 nDCG@10 on
+        NFCorpus (dev), so each candidate's true cosine and BM25 score are looked up here."""
+        union = list(dict.fromkeys(cid for items in ranked.values() for cid, _ in items))
+        complete = {"dense": self._similarities(qvec, union)}
+        if bm25_all is not None:
+            scores, row_ids = bm25_all
+            rows = self._rows(row_ids)
+            complete["bm25"] = {cid: float(scores[rows[cid]]) if cid in rows else 0.0 for cid in union}
+        return complete
+
+    def _rows(self, row_ids: np.ndarray) -> dict[int, int]:
+        """chunk id -> BM25 row, built once per loaded index."""
+        if self._row_map is None or self._row_map[0] is not row_ids:
+            self._row_map = (row_ids, {int(c): r for r, c in enumerate(row_ids)})
+        return self._row_map[1]
 
     # ---- assembling hits -------------------------------------------------------------------
     def _hits(
@@ -184,6 +209,16 @@ def load_reranker(name: str):
     return CrossEncoder(name, device="cpu")
 
 
+def _top(all_scores: tuple[np.ndarray, np.ndarray] | None, k: int) -> list[tuple[int, float]]:
+    if all_scores is None:
+        return []
+    scores, row_ids = all_scores
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return [(int(row_ids[r]), float(scores[r])) for r in top if scores[r] > 0]
+
+
 def _glob_match(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
 
@@ -195,13 +230,21 @@ def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:
 
 
 def fuse(
-    ranked: dict[str, list[tuple[int, float]]], method: str, rrf_k: int, weights: dict[str, float]
+    ranked: dict[str, list[tuple[int, float]]],
+    method: str,
+    rrf_k: int,
+    weights: dict[str, float],
+    complete: dict[str, dict[int, float]] | None = None,
 ) -> list[tuple[int, float]]:
     """Merge ranked lists of (chunk_id, score) into one, best first.
 
     rrf: sum of w / (k + rank) — robust to incomparable score scales.
-    zscore: sum of w * (score - mean) / std per list — keeps how far ahead a hit is.
+    zscore: sum of w * (score - mean) / std, with each list's mean and std — keeps how far ahead
+    a hit is.  With `complete` (every candidate's score in each retriever) a candidate is scored
+    by what it really got; without, a list's miss counts as that list's worst hit.
     """
+    if method == "zscore" and complete:
+        return _fuse_complete(ranked, weights, complete)
     total: dict[int, float] = {}
     for name, items in ranked.items():
         if not items:
@@ -218,4 +261,19 @@ def fuse(
                 total[cid] = total.get(cid, 0.0) + w * (z - floor)
         else:
             raise ValueError(f"unknown fusion method {method!r}: use 'rrf' or 'zscore'")
+    return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _fuse_complete(
+    ranked: dict[str, list[tuple[int, float]]], weights: dict[str, float], complete: dict[str, dict[int, float]]
+) -> list[tuple[int, float]]:
+    total: dict[int, float] = {cid: 0.0 for items in ranked.values() for cid, _ in items}
+    for name, items in ranked.items():
+        if not items or name not in complete:
+            continue
+        scores = np.array([sc for _, sc in items], dtype=np.float64)
+        mean, std = scores.mean(), scores.std() or 1.0
+        w = weights.get(name, 1.0)
+        for cid in total:
+            total[cid] += w * (complete[name].get(cid, 0.0) - mean) / std
     return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))

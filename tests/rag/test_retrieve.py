@@ -82,6 +82,20 @@ def test_weights_and_zscore_fusion() -> None:
         fuse({"dense": dense}, "max", 60, {})
 
 
+def test_zscore_fusion_with_complete_scores_credits_what_a_list_cut_off() -> None:
+    dense = [(1, 0.9), (2, 0.5)]
+    bm25 = [(2, 30.0), (3, 10.0)]
+    # Chunk 3 was third for dense (cut off at depth 2) with cosine 0.8; chunk 1 had no BM25 match.
+    complete = {"dense": {1: 0.9, 2: 0.5, 3: 0.8}, "bm25": {1: 0.0, 2: 30.0, 3: 10.0}}
+    fused = dict(fuse({"dense": dense, "bm25": bm25}, "zscore", 60, {}, complete))
+    # per list: dense mean 0.7 std 0.2; bm25 mean 20 std 10
+    assert fused[1] == pytest.approx((0.9 - 0.7) / 0.2 + (0 - 20) / 10)
+    assert fused[3] == pytest.approx((0.8 - 0.7) / 0.2 + (10 - 20) / 10)
+    assert list(fused) == [2, 3, 1]
+    lists_only = [cid for cid, _ in fuse({"dense": dense, "bm25": bm25}, "zscore", 60, {})]
+    assert lists_only.index(3) > lists_only.index(1)  # without complete scores, 3 loses its dense credit
+
+
 def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None:
     with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings())

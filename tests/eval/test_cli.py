@@ -1,0 +1,91 @@
+"""`rag eval` as a user types it: a report from one command, `show`, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag.cli import app
+from tests.conftest import MODEL_CACHE, SAMPLES
+from tests.fixtures.beir import write_beir
+from tests.fixtures.openai_server import free_port
+
+
+@pytest.fixture
+def run(isolated: Path):
+    env = {"RAG_DATA_DIR": str(isolated / "data"), "RAG_CACHE_DIR": str(MODEL_CACHE), "COLUMNS": "200"}
+
+    def invoke(*args: str, **extra_env: str):
+        return CliRunner().invoke(app, list(args), env={**env, **extra_env})
+
+    return invoke
+
+
+@pytest.mark.slow
+def test_retrieval_report_in_one_command_then_show(run, tmp_path: Path) -> None:
+    data = write_beir(tmp_path / "mini")
+    whole = tmp_path / "whole.toml"
+    whole.write_text('[chunk]\nmethod = "page"\n')
+    result = run(
+        "eval", "retrieval", "--dataset", str(data), "--mode", "dense", "--mode", "bm25",
+        "--config", str(whole), "--out", str(tmp_path / "rep"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "whole/dense" in result.output and "whole/bm25" in result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["whole/dense", "whole/bm25"]
+    assert report["runs"][0]["settings"]["chunk"]["method"] == "page"
+    shown = run("eval", "show", str(tmp_path / "rep"))
+    assert shown.exit_code == 0 and "nDCG@10" in shown.output and "1.0000" in shown.output
+
+
+def test_malformed_dataset_is_a_usage_error_naming_the_line(run, tmp_path: Path) -> None:
+    data = write_beir(tmp_path / "mini")
+    with (data / "queries.jsonl").open("a") as fh:
+        fh.write("{not json\n")
+    result = run("eval", "retrieval", "--dataset", str(data))
+    assert result.exit_code == 2
+    assert "queries.jsonl:5: not valid JSON" in result.output
+
+
+def test_bad_mode_and_missing_report_are_clear(run, tmp_path: Path) -> None:
+    result = run("eval", "retrieval", "--dataset", str(tmp_path), "--mode", "fuzzy")
+    assert result.exit_code == 2 and "--mode must be one of dense, bm25, hybrid" in result.output
+    result = run("eval", "show", str(tmp_path))
+    assert result.exit_code == 2 and "no report.json here" in result.output
+
+
+@pytest.mark.slow
+def test_answers_against_a_stopped_server_stop_with_the_reason(run, tmp_path: Path) -> None:
+    assert run("ingest", str(SAMPLES), "--kb", "sample").exit_code == 0
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "1", "question": "How long is the battery warranty?", "answers": ["10 years"]}))
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = run("eval", "answers", "--qa", str(qa), "--kb", "sample", "--backend", "openai", RAG_LLM__BASE_URL=url)
+    assert result.exit_code == 1
+    assert "cannot reach the LLM server" in result.output
+
+
+@pytest.mark.slow
+def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
+    assert run("ingest", str(SAMPLES), "--kb", "sample").exit_code == 0
+    qa = tmp_path / "qa.jsonl"
+    rows = [
+        {"id": "w", "question": "How long is the Helios H10 battery module under warranty?",
+         "answers": ["10 years", "ten years"], "gold_doc_ids": ["helios-h10-warranty.pdf"]},
+        {"id": "x", "question": "Who won the 1998 football world cup?", "answers": [], "answerable": False},
+    ]  # fmt: skip
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run(
+        "eval", "answers", "--qa", str(qa), "--kb", "sample", "--backend", "local",
+        "--max-new-tokens", "40", "--out", str(tmp_path / "ans"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ans" / "report.json").read_text())
+    metrics = report["runs"][0]["metrics"]
+    assert metrics["contains"] == 1.0 and metrics["not_found_accuracy"] == 1.0
+    per_question = json.loads((tmp_path / "ans" / "runs" / "SmolLM2-135M-Instruct.json").read_text())
+    assert [r["id"] for r in per_question] == ["w", "x"]
