@@ -202,10 +202,9 @@ def train_cmd(
         out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
     if result.skipped_too_long:
         out.print(f"[yellow]{result.skipped_too_long} example(s) longer than --max-length {max_length} were skipped")
+    out.print(f"use it in-process: RAG_LLM__ADAPTER={result.adapter} rag ask ...", highlight=False, soft_wrap=True)
     out.print(
-        f"use it: RAG_LLM__ADAPTER={result.adapter} rag ask ...   or serve it: "
-        f"rag serve --adapter {result.adapter.name}={result.adapter}",
-        highlight=False,
+        f"or serve it: rag serve --adapter {result.adapter.name}={result.adapter}", highlight=False, soft_wrap=True
     )
 
 

@@ -218,3 +218,8 @@ def _port_free(port: int) -> bool:
     from rag.tune.serve import port_free
 
     return port_free("127.0.0.1", port)
+
+
+def test_rag_serve_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--adapter", f"mine={tmp_path}"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "adapter 'mine'" in result.output and "not a peft adapter folder" in result.output

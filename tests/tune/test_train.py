@@ -155,3 +155,20 @@ def test_saving_an_adapter_with_modules_to_save_is_refused(tiny_base: Path, tmp_
     with pytest.raises(TrainError, match=r"refusing to save.*modules_to_save"):
         save_adapter(model, cfg, None, "")  # type: ignore[arg-type]
     assert not (tmp_path / "adapter").exists()
+
+
+def test_rag_tune_train_reports_the_adapter_and_how_to_use_it(tiny_base: Path, sft_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    out = tmp_path / "adapters" / "mini"
+    args = ["tune", "train", "--data", str(sft_file), "--out", str(out), "--base", str(tiny_base), "--max-steps", "2"]
+    result = CliRunner().invoke(app, args, env={"RAG_CACHE_DIR": str(MODEL_CACHE), "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"adapter -> {out} (2 steps" in result.output and "training loss" in result.output
+    assert "validation loss after epoch" in result.output
+    assert f"rag serve --adapter mini={out}" in result.output
+    check_adapter(out)
+    again = CliRunner().invoke(app, [*args, "--rank", "12"], env={"RAG_CACHE_DIR": str(MODEL_CACHE)})
+    assert again.exit_code == 2 and "vLLM serves ranks" in again.output
