@@ -183,11 +183,14 @@ def train_cmd(
         save_steps=save_steps,
         seed=seed,
     )
+    progress = _train_progress()
     try:
-        result = train(config, callbacks=[_train_progress()])
+        result = train(config, callbacks=[progress])
     except (TrainError, SFTDataError) as exc:
+        progress.bar.stop()
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt as exc:
+        progress.bar.stop()
         raise _fail(
             f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
         ) from exc

@@ -60,7 +60,9 @@ def default_model_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory, default_model_path: Path) -> Path:
     """A 2-layer Llama (hidden 128, head dim 32: what vLLM's CPU attention supports), random
-    weights, the default model's tokenizer and chat template: loads and trains in seconds."""
+    weights, the default model's tokenizer and chat template: loads and trains in seconds.
+    Initialised 5x wider than usual so its logits are not flat: a few LoRA steps then make
+    greedy decoding clear-cut, and vLLM and transformers pick the same tokens."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -77,6 +79,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, default_model_path: Path
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.1,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)

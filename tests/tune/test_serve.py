@@ -160,11 +160,11 @@ def test_greedy_output_with_the_adapter_differs_from_the_base_and_equals_peft(
         name: str(make_chat_model(openai_settings(server["base_url"], name)).invoke(PROMPT).content)
         for name in (server["base"], "tuned")
     }
-    assert served["tuned"].startswith(TARGET)
-    assert served["tuned"] != served[server["base"]]
     local = {"model": str(tiny_base), "adapter": str(tiny_adapter), "max_new_tokens": 16}
     peft = str(make_chat_model(load_settings(cache_dir=MODEL_CACHE, llm=local)).invoke(PROMPT).content)
     assert served["tuned"] == peft, "vLLM applies the adapter exactly as peft does"
+    assert served["tuned"] != served[server["base"]]
+    assert served["tuned"].startswith(TARGET), "the adapter learned its one answer"
 
 
 @pytest.mark.vllm
