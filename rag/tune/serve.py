@@ -163,13 +163,12 @@ def command(config: ServeConfig, runtime: VLLMRuntime) -> list[str]:
     return cmd + list(config.extra_args)
 
 
-def port_free(host: str, port: int) -> bool:
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts connections there (a closed server's TIME_WAIT sockets do not count)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
     with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        s.settimeout(2)
+        return s.connect_ex((target, port)) == 0
 
 
 class VLLMServer:
@@ -182,7 +181,7 @@ class VLLMServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        if not port_free(self.config.host, self.config.port):
+        if listening(self.config.host, self.config.port):
             raise ServeError(f"port {self.config.port} on {self.config.host} is in use: pick another with --port")
         env = dict(os.environ)
         if self.runtime.cpu:

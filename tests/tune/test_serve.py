@@ -27,6 +27,7 @@ from rag.tune.serve import (
     VLLMRuntime,
     command,
     find_runtime,
+    listening,
     load_adapter,
     max_lora_rank,
     parse_adapter,
@@ -206,20 +207,6 @@ def test_ctrl_c_stops_the_server_and_rag_ask_then_says_it_cannot_reach_it(server
     process.send_signal(signal.SIGINT)
     assert process.wait(120) in (0, 1)
     port = int(server["base_url"].rsplit(":", 1)[1].split("/")[0])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _port_free(port):
-        time.sleep(0.5)
-    assert _port_free(port), "vLLM and its engine processes are gone"
+    assert not listening("127.0.0.1", port), "vLLM is gone with `rag serve`"
     result = ask(sample_kb_dir, server["base_url"], "tuned")
     assert result.exit_code == 1 and "cannot reach the LLM server" in result.output
-
-
-def _port_free(port: int) -> bool:
-    from rag.tune.serve import port_free
-
-    return port_free("127.0.0.1", port)
-
-
-def test_rag_serve_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["serve", "--adapter", f"mine={tmp_path}"], env={"COLUMNS": "200"})
-    assert result.exit_code == 2 and "adapter 'mine'" in result.output and "not a peft adapter folder" in result.output
