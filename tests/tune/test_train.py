@@ -149,7 +149,7 @@ def test_saving_an_adapter_with_modules_to_save_is_refused(tiny_base: Path, tmp_
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_base),
-        LoraConfig(r=8, target_modules=["q_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM"),
+        LoraConfig(r=8, target_modules=["q_proj"], modules_to_save=["norm"], task_type="CAUSAL_LM"),
     )
     cfg = config(tiny_base, tmp_path / "sft.jsonl", tmp_path / "adapter")
     with pytest.raises(TrainError, match=r"refusing to save.*modules_to_save"):
