@@ -153,7 +153,7 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     page.get_by_role("button", name="Add 1 file").click()
     page.get_by_text("Added 1 document").wait_for(timeout=WAIT_MS)
     page.get_by_text("1 document · ").wait_for()  # the summary under the base's name
-    page.get_by_role("heading", name="Documents").scroll_into_view_if_needed()
+    page.get_by_test_id("stDataFrame").last.evaluate("table => table.scrollIntoView({block: 'center'})")
     shot(page, "02-document-added")
 
     nav.get_by_text("Chat").click()
