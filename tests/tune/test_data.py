@@ -1,0 +1,133 @@
+"""Training data: the prompt `rag ask` uses, gold blocks among retrieved distractors, citations in
+the target, "not found" targets for unanswerable and no-gold examples, splits by question."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eval.answers import contains
+from eval.datasets import write_qa
+from rag.cli import app
+from rag.kb import KnowledgeBase
+from rag.prompts import NOT_FOUND, SYSTEM
+from rag.retrieve import Retriever
+from rag.tune.data import SFTDataError, build_examples, load_sft, write_sft
+from tests.conftest import MODEL_CACHE, qa_settings
+from tests.tune.conftest import DOCS, QA
+
+BLOCK = re.compile(r"^\[(\d+)\] \((.+?)\)\n<document>\n(.*?)\n</document>", re.MULTILINE | re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def retriever(mini_kb: Path, embedder) -> Retriever:
+    settings = qa_settings(mini_kb)
+    return Retriever(KnowledgeBase.open(settings.kb_dir("mini")), embedder, settings.retrieve)
+
+
+def blocks(example) -> dict[int, str]:
+    """Block number -> the document text shown in it."""
+    return {int(n): text for n, _, text in BLOCK.findall(example.messages[1]["content"])}
+
+
+def by_id(examples) -> dict[str, object]:
+    return {ex.id: ex for ex in examples}
+
+
+def test_answer_examples_cite_the_gold_block_shuffled_among_distractors(retriever) -> None:
+    result = build_examples(QA, retriever, distractors=3, no_gold=0.0, validation=0.0)
+    examples = by_id(result.examples)
+    for qa_id, gold_doc in [("a1", "d1"), ("a2", "d3"), ("a4", "d4"), ("a5", "d5"), ("a6", "d2")]:
+        ex = examples[qa_id]
+        assert ex.kind == "answer"
+        assert [m["role"] for m in ex.messages] == ["system", "user", "assistant"]
+        assert ex.messages[0]["content"] == SYSTEM["en"]  # the exact prompt of `rag ask`
+        item = next(it for it in QA if it.id == qa_id)
+        assert ex.messages[1]["content"].endswith(f"Question: {item.question}")
+        shown = blocks(ex)
+        assert len(shown) == 4, "the gold chunk and three distractors"
+        (gold,) = ex.gold_blocks
+        assert DOCS[gold_doc][1] in shown[gold]
+        assert ex.messages[2]["content"] == f"{item.answers[0]} [{gold}]"
+        assert not any(contains(text, item.answers) for n, text in shown.items() if n != gold)
+    # the gold block is not always first: the model must find it
+    assert len({examples[q].gold_blocks[0] for q in ("a1", "a2", "a4", "a5", "a6")}) > 1
+
+
+def test_gold_is_found_by_retrieval_when_the_item_names_no_document(retriever) -> None:
+    ex = by_id(build_examples(QA, retriever, no_gold=0.0, validation=0.0).examples)["a3"]
+    assert ex.kind == "answer" and DOCS["d6"][1] in blocks(ex)[ex.gold_blocks[0]]
+
+
+def test_unanswerable_and_no_gold_examples_answer_not_found(retriever) -> None:
+    result = build_examples(QA, retriever, distractors=2, no_gold=1.0, validation=0.0)
+    examples = by_id(result.examples)
+    unanswerable = examples["u1"]
+    assert unanswerable.kind == "unanswerable" and unanswerable.gold_blocks == []
+    assert unanswerable.messages[-1]["content"] == NOT_FOUND["en"]
+    assert any(DOCS["d5"][1] in text for text in blocks(unanswerable).values()), "its on-topic passage is shown"
+    no_gold = [ex for ex in result.examples if ex.kind == "no_gold"]
+    assert {ex.qa_id for ex in no_gold} == {"a1", "a2", "a3", "a4", "a5", "a6"}
+    for ex in no_gold:
+        item = next(it for it in QA if it.id == ex.qa_id)
+        assert ex.messages[-1]["content"] == NOT_FOUND["en"] and ex.gold_blocks == []
+        assert blocks(ex) and not any(contains(text, item.answers) for text in blocks(ex).values())
+
+
+def test_unusable_questions_are_counted_not_guessed(retriever) -> None:
+    result = build_examples(QA, retriever, validation=0.0)
+    assert "x1" not in {ex.qa_id for ex in result.examples} and "x2" not in {ex.qa_id for ex in result.examples}
+    assert result.skipped == {
+        "gold document not in the knowledge base": 1,
+        "no chunk of the gold document holds the answer": 1,
+    }
+
+
+def test_validation_split_is_by_question_and_the_build_is_reproducible(retriever, tmp_path: Path) -> None:
+    first = build_examples(QA, retriever, no_gold=0.5, validation=0.3, seed=3)
+    again = build_examples(QA, retriever, no_gold=0.5, validation=0.3, seed=3)
+    assert [ex.to_json() for ex in first.examples] == [ex.to_json() for ex in again.examples]
+    splits: dict[str, set[str]] = {}
+    for ex in first.examples:
+        splits.setdefault(ex.qa_id, set()).add(ex.split)
+    assert all(len(s) == 1 for s in splits.values()), "a question's examples stay in one split"
+    counts = first.counts()
+    assert counts["validation"].total() >= 1 and counts["train"].total() > counts["validation"].total()
+    write_sft(first.examples, tmp_path / "sft.jsonl")
+    loaded = load_sft(tmp_path / "sft.jsonl")
+    assert len(loaded["train"]) == counts["train"].total() and len(loaded["validation"]) == counts["validation"].total()
+
+
+def test_load_sft_names_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "sft.jsonl"
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    with pytest.raises(SFTDataError, match=r"sft\.jsonl:2: .*assistant"):
+        load_sft(path)
+
+
+def test_rag_tune_data_writes_the_set_and_reports_counts(mini_kb: Path, tmp_path: Path) -> None:
+    qa_file = tmp_path / "qa.jsonl"
+    write_qa(QA, qa_file)
+    out = tmp_path / "sft.jsonl"
+    env = {"RAG_DATA_DIR": str(mini_kb), "RAG_CACHE_DIR": str(MODEL_CACHE), "COLUMNS": "200"}
+    args = ["tune", "data", "--kb", "mini", "--qa", str(qa_file), "--out", str(out), "--distractors", "2"]
+    result = CliRunner().invoke(app, [*args, "--validation", "0.2"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {ln["kind"] for ln in lines} >= {"answer", "unanswerable"}
+    assert {ln["split"] for ln in lines} == {"train", "validation"}
+    assert f"{len(lines)} examples" in result.output and "skipped 2 question(s)" in result.output
+    assert "rag tune train --data" in result.output
+
+
+def test_rag_tune_data_refuses_a_missing_base(mini_kb: Path, tmp_path: Path) -> None:
+    qa_file = tmp_path / "qa.jsonl"
+    write_qa(QA, qa_file)
+    env = {"RAG_DATA_DIR": str(mini_kb), "RAG_CACHE_DIR": str(MODEL_CACHE)}
+    result = CliRunner().invoke(app, ["tune", "data", "--kb", "nope", "--qa", str(qa_file)], env=env)
+    assert result.exit_code == 2 and "no knowledge base" in result.output
