@@ -196,7 +196,8 @@ def train_cmd(
         ) from exc
     first, last = result.losses[0][1], result.losses[-1][1]
     out.print(
-        f"adapter -> {result.adapter} ({result.steps} steps, {result.train_examples} examples, "
+        f"adapter -> {result.adapter} ({result.steps} steps of {batch_size * grad_accum} examples, "
+        f"{result.train_examples} in the training set, "
         f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
         highlight=False,
     )

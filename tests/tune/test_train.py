@@ -166,7 +166,7 @@ def test_rag_tune_train_reports_the_adapter_and_how_to_use_it(tiny_base: Path, s
     args = ["tune", "train", "--data", str(sft_file), "--out", str(out), "--base", str(tiny_base), "--max-steps", "2"]
     result = CliRunner().invoke(app, args, env={"RAG_CACHE_DIR": str(MODEL_CACHE), "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert f"adapter -> {out} (2 steps" in result.output and "training loss" in result.output
+    assert f"adapter -> {out} (2 steps of 4 examples" in result.output and "training loss" in result.output
     assert "validation loss after epoch" in result.output
     assert f"rag serve --adapter mini={out}" in result.output
     check_adapter(out)
