@@ -59,7 +59,7 @@ $(SERVE_STAMP):
 demo: setup
 	$(BIN)/rag ingest samples/docs --kb sample || test $$? -eq 1
 	$(BIN)/rag kb show sample
-	$(BIN)/rag ask --kb sample "How long is the Helios H10 battery module under warranty?"
+	$(BIN)/rag ask --kb sample "How long is the battery module covered by the warranty?"
 	$(BIN)/rag ask --kb sample "海川 H10 的逆变器保修期是几年？"
 	$(BIN)/rag ask --kb sample "What is the capital of France?"
 

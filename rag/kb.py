@@ -4,7 +4,8 @@ Layout of ``<data_dir>/kb/<name>/``:
 
 - ``kb.sqlite`` (WAL): ``documents``, ``chunks`` (chunk_id = FAISS id), ``meta``.
 - ``dense-<G>.faiss``: ``IndexIDMap2`` over an inner-product index, for generation G.
-- ``bm25-<G>/``: a bm25s index plus ``ids.npy`` (row -> chunk_id), for generation G.
+- ``bm25-<G>/``: a bm25s index (each chunk with its neighbours, see BM25_WINDOW) plus
+  ``ids.npy`` (row -> chunk_id), for generation G.
 - ``write.lock``: held by the one process writing.
 
 Atomicity: the SQLite COMMIT that bumps ``meta.generation`` is the single commit point.  The
@@ -38,6 +39,14 @@ from rag.lexical import tokenize
 from rag.types import Chunk
 
 SCHEMA_VERSION = 1
+# BM25 indexes each chunk together with this many neighbours on each side (same document).  A
+# chunk often leaves what it is about to the sentences around it (a title, a heading, the
+# subject named once), so its own words miss queries that its window matches; the chunk itself
+# is still what is shown, cited and gated.  Hybrid nDCG@10 on chunked BEIR, chosen on SciFact
+# train (0.726 -> 0.734) and NFCorpus dev (0.325 -> 0.327).  Ours, not bm25s': it indexes
+# whatever token lists it is given.  Stored in meta; a base indexed otherwise is re-indexed
+# from its stored tokens by the next writer.
+BM25_WINDOW = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -353,6 +362,9 @@ class KBWriter:
         self.generation = kb.generation
         self._index: Any = None
         self.dirty = False
+        # A base whose BM25 index was built another way (an older version) is re-indexed by the
+        # next commit, even one with nothing else to do: re-running an ingest upgrades it.
+        self.reindex = kb.meta().get("bm25_window") != BM25_WINDOW
 
     @property
     def index(self):
@@ -472,10 +484,14 @@ class KBWriter:
     # ---- committing ----------------------------------------------------------------------
     def commit(self) -> int:
         """Make everything staged since the last commit durable and visible, as one generation."""
-        if not self.dirty:
+        if not self.dirty and not self.reindex:
             return self.generation
         gen = self.generation + 1
         try:
+            self._begin()
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('bm25_window', ?)", (json.dumps(BM25_WINDOW),)
+            )
             self._write_dense(gen)
             self._write_bm25(gen)
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (json.dumps(gen),))
@@ -485,6 +501,7 @@ class KBWriter:
             raise
         self.generation = gen
         self.dirty = False
+        self.reindex = False
         self._retire_old(gen)
         return gen
 
@@ -506,14 +523,14 @@ class KBWriter:
         _fsync_dir(self.kb.root)
 
     def _write_bm25(self, gen: int) -> None:
-        rows = self.conn.execute("SELECT chunk_id, tokens FROM chunks ORDER BY chunk_id").fetchall()
+        rows = self.conn.execute("SELECT chunk_id, doc_id, tokens FROM chunks ORDER BY doc_id, ordinal").fetchall()
         if not rows:
             return
         import bm25s
 
         model = bm25s.BM25()
-        # An all-stopword chunk has no tokens; bm25s needs at least one per document.
-        model.index([t.split() or [""] for _, t in rows], show_progress=False)
+        # An all-stopword window has no tokens; bm25s needs at least one per document.
+        model.index([w or [""] for w in windows(rows, BM25_WINDOW)], show_progress=False)
         final = self.kb.root / f"bm25-{gen}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -559,6 +576,22 @@ class KBWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def windows(rows: Sequence[tuple[int, int, str]], width: int) -> list[list[str]]:
+    """BM25 tokens of each chunk with those of `width` neighbours on each side in its document.
+    `rows`: (chunk_id, doc_id, space-joined tokens), in document and reading order."""
+    tokens = [t.split() for _, _, t in rows]
+    docs = [d for _, d, _ in rows]
+    out = []
+    for i, doc in enumerate(docs):
+        lo, hi = i, i
+        while lo > 0 and i - lo < width and docs[lo - 1] == doc:
+            lo -= 1
+        while hi + 1 < len(docs) and hi - i < width and docs[hi + 1] == doc:
+            hi += 1
+        out.append([t for j in range(lo, hi + 1) for t in tokens[j]])
+    return out
 
 
 def _remove(path: Path) -> None:

@@ -19,7 +19,7 @@ from rag import prompts
 from rag.config import Settings
 from rag.lexical import tokenize
 from rag.llm import LLMError, with_token_limit
-from rag.retrieve import Filters, Hit, Retriever
+from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,13 @@ class QA:
         lang = prompts.language(question)
         answer = Answer(question, "", True, lang, question)
         try:
-            answer.standalone_question = self.condense(question, history)
+            rewritten = self.condense(question, history)
         except Exception as exc:  # a failing LLM must not block retrieval: show the passages
             answer.error = describe_llm_error(exc, self.settings)
-            answer.standalone_question = _with_context(question, history)
+            rewritten = None
         t1 = time.perf_counter()
-        result = self.retriever.search(answer.standalone_question, top_k=top_k, mode=mode, filters=filters)
+        result = self._search(question, history, rewritten, mode=mode, top_k=top_k, filters=filters)
+        answer.standalone_question = result.query
         answer.retrieved = result.hits
         answer.context = result.relevant
         t2 = time.perf_counter()
@@ -143,6 +144,19 @@ class QA:
             yield from self._generate(answer, lang, time.perf_counter())
         answer.timings["total_ms"] = _ms(t0, time.perf_counter())
         yield answer
+
+    def _search(self, question: str, history: History, rewritten: str | None, **kw: Any) -> Retrieval:
+        """Search the rewrite; without one, the previous question's words with the follow-up,
+        keeping only passages that pass the gate for the follow-up itself.  Otherwise an
+        off-topic follow-up ("capital of France?" after a warranty question) would pass the gate
+        on the old topic's words, and the model would invent an answer instead of "not found"."""
+        if rewritten:
+            return self.retriever.search(rewritten, **kw)
+        query = _with_context(question, history)
+        result = self.retriever.search(query, **kw)
+        if query == question:
+            return result
+        return Retrieval(result.hits, self.retriever.relevant_to(result.relevant, question), query)
 
     def _load_chat(self, answer: Answer) -> bool:
         """Load the chat model on first use, counted as loading rather than generation time."""
@@ -180,8 +194,9 @@ class QA:
             answer.citations_attributed = bool(numbers)
         answer.citations = [_citation(n, answer.context[n - 1]) for n in numbers]
 
-    def condense(self, question: str, history: History) -> str:
-        """A follow-up ("and the inverter?") rewritten to stand alone, so retrieval can find it."""
+    def condense(self, question: str, history: History) -> str | None:
+        """A follow-up ("and the inverter?") rewritten to stand alone, so retrieval can find it;
+        None when the model gave no usable rewrite."""
         if not history or not self.settings.llm.condense_history:
             return question
         short = with_token_limit(self.chat, 64)
@@ -189,7 +204,7 @@ class QA:
         line = rewritten.strip().splitlines()[0].strip(" \"'“”") if rewritten.strip() else ""
         # A small model often answers instead of rewriting; only a question is a usable rewrite.
         if not line.endswith(("?", "？")) or len(line) > 4 * len(question) + 200:
-            return _with_context(question, history)
+            return None
         return line
 
 

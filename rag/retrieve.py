@@ -21,6 +21,8 @@ from rag.kb import KnowledgeBase
 from rag.lexical import language, tokenize
 from rag.types import Chunk
 
+FUSIONS = ("minmax", "zscore", "rrf")
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -86,7 +88,7 @@ class Retriever:
             bm25_all = self._bm25_scores(query, allowed)
             ranked["bm25"] = _top(bm25_all, s.candidates)
         complete = None
-        if mode == "hybrid" and s.fusion == "zscore":
+        if mode == "hybrid" and s.fusion != "rrf":
             complete = self._complete_scores(ranked, qvec, bm25_all)
         zh = language(query) == "zh"
         dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
@@ -97,11 +99,29 @@ class Retriever:
         if s.rerank_model and hits:
             hits = self._rerank(query, hits)
         hits = hits[:top_k]
-        threshold = s.min_similarity_zh if zh else s.min_similarity
-        relevant = [
-            h for h in hits if h.coverage >= s.min_coverage or (threshold is not None and h.similarity >= threshold)
-        ]
+        relevant = [h for h in hits if self._passes(zh, h.similarity, h.coverage)]
         return Retrieval(hits, relevant, query)
+
+    def relevant_to(self, hits: list[Hit], query: str) -> list[Hit]:
+        """Those `hits` that pass the gate for another `query`: a follow-up searched together
+        with the previous question's words must still be about what the follow-up asks."""
+        qvec = self.embedder.encode_queries([query])[0]
+        ids = [h.chunk.chunk_id for h in hits]
+        sims = self._similarities(qvec, ids)
+        stored = self.kb.chunk_tokens(ids)
+        q_tokens = {t for t in tokenize(query) if t}
+        zh = language(query) == "zh"
+        return [
+            h
+            for h in hits
+            if self._passes(zh, sims[h.chunk.chunk_id], _coverage(q_tokens, stored.get(h.chunk.chunk_id, set())))
+        ]
+
+    def _passes(self, zh: bool, similarity: float, coverage: float) -> bool:
+        """The relevance gate: enough of the question's words, or close enough in meaning."""
+        s = self.settings
+        threshold = s.min_similarity_zh if zh else s.min_similarity
+        return coverage >= s.min_coverage or (threshold is not None and similarity >= threshold)
 
     # ---- the two retrievers ------------------------------------------------------------------
     def _dense(self, qvec: np.ndarray, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
@@ -241,12 +261,16 @@ def fuse(
     """Merge ranked lists of (chunk_id, score) into one, best first.
 
     rrf: sum of w / (k + rank) — robust to incomparable score scales.
-    zscore: sum of w * (score - mean) / std, with each list's mean and std — keeps how far ahead
-    a hit is.  With `complete` (every candidate's score in each retriever) a candidate is scored
-    by what it really got; without, a list's miss counts as that list's worst hit.
+    minmax: sum of w * (score - min) / (max - min) — each retriever's scores mapped onto [0, 1].
+    zscore: sum of w * (score - mean) / std — keeps how far ahead a hit is.
+    With `complete` (every candidate's score in each retriever) a candidate is scored by what it
+    really got, and minmax scales over all candidates; without, a list's miss counts as that
+    list's worst hit and each list is scaled over itself.
     """
-    if method == "zscore" and complete:
-        return _fuse_complete(ranked, weights, complete)
+    if method not in FUSIONS:
+        raise ValueError(f"unknown fusion method {method!r}: use one of {', '.join(FUSIONS)}")
+    if method != "rrf" and complete:
+        return _fuse_complete(ranked, method, weights, complete)
     total: dict[int, float] = {}
     for name, items in ranked.items():
         if not items:
@@ -255,27 +279,39 @@ def fuse(
         if method == "rrf":
             for rank, (cid, _) in enumerate(items, start=1):
                 total[cid] = total.get(cid, 0.0) + w / (rrf_k + rank)
-        elif method == "zscore":
-            scores = np.array([sc for _, sc in items], dtype=np.float64)
-            std = scores.std() or 1.0
-            floor = (scores.min() - scores.mean()) / std  # a list's miss counts as its worst hit
-            for (cid, _), z in zip(items, (scores - scores.mean()) / std, strict=True):
-                total[cid] = total.get(cid, 0.0) + w * (z - floor)
-        else:
-            raise ValueError(f"unknown fusion method {method!r}: use 'rrf' or 'zscore'")
+            continue
+        scores = np.array([sc for _, sc in items], dtype=np.float64)
+        normal = _normalize(scores, scores, method)
+        floor = normal.min()  # a list's miss counts as its worst hit
+        for (cid, _), x in zip(items, normal, strict=True):
+            total[cid] = total.get(cid, 0.0) + w * (x - floor)
     return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def _normalize(scores: np.ndarray, over: np.ndarray, method: str) -> np.ndarray:
+    """`scores` on the scale of `over`: min-max onto [0, 1], or standardized."""
+    if method == "minmax":
+        low, span = over.min(), over.max() - over.min()
+        return (scores - low) / (span or 1.0)
+    return (scores - over.mean()) / (over.std() or 1.0)
+
+
 def _fuse_complete(
-    ranked: dict[str, list[tuple[int, float]]], weights: dict[str, float], complete: dict[str, dict[int, float]]
+    ranked: dict[str, list[tuple[int, float]]],
+    method: str,
+    weights: dict[str, float],
+    complete: dict[str, dict[int, float]],
 ) -> list[tuple[int, float]]:
+    """zscore standardizes by each retriever's own list (its top candidates); minmax scales over
+    every candidate, so the best and worst of the union span [0, 1] in each retriever."""
     total: dict[int, float] = {cid: 0.0 for items in ranked.values() for cid, _ in items}
+    cids = list(total)
     for name, items in ranked.items():
         if not items or name not in complete:
             continue
-        scores = np.array([sc for _, sc in items], dtype=np.float64)
-        mean, std = scores.mean(), scores.std() or 1.0
+        scores = np.array([complete[name].get(cid, 0.0) for cid in cids], dtype=np.float64)
+        over = scores if method == "minmax" else np.array([sc for _, sc in items], dtype=np.float64)
         w = weights.get(name, 1.0)
-        for cid in total:
-            total[cid] += w * (complete[name].get(cid, 0.0) - mean) / std
+        for cid, x in zip(cids, _normalize(scores, over, method), strict=True):
+            total[cid] += w * x
     return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))

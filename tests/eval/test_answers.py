@@ -76,7 +76,7 @@ def test_real_model_answers_and_refuses(sample_kb_dir, embedder, chat_model) -> 
     items = [
         QAItem(
             "w",
-            "How long is the Helios H10 battery module under warranty?",
+            "How long is the battery module covered by the warranty?",
             ["10 years", "ten years"],
             ["helios-h10-warranty.pdf"],
         ),

@@ -74,7 +74,7 @@ def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
     assert run("ingest", str(SAMPLES), "--kb", "sample").exit_code == 0
     qa = tmp_path / "qa.jsonl"
     rows = [
-        {"id": "w", "question": "How long is the Helios H10 battery module under warranty?",
+        {"id": "w", "question": "How long is the battery module covered by the warranty?",
          "answers": ["10 years", "ten years"], "gold_doc_ids": ["helios-h10-warranty.pdf"]},
         {"id": "x", "question": "Who won the 1998 football world cup?", "answers": [], "answerable": False},
     ]  # fmt: skip

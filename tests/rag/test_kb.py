@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rag.embed import EmbedderIdentity
-from rag.kb import KBError, KBWriter, KnowledgeBase, delete_base, list_bases
+from rag.kb import BM25_WINDOW, KBError, KBWriter, KnowledgeBase, delete_base, list_bases, windows
 from rag.types import Chunk
 from tests.fixtures.kb_checks import assert_consistent
 
@@ -102,3 +102,38 @@ def test_delete_base_refuses_while_written(tmp_path: Path) -> None:
         delete_base(tmp_path / "kb")
     delete_base(tmp_path / "kb")
     assert not (tmp_path / "kb").exists()
+
+
+def test_bm25_windows_join_each_chunk_with_its_neighbours_in_the_same_document() -> None:
+    rows = [(1, 7, "a"), (2, 7, "b c"), (3, 7, "d"), (4, 7, "e"), (5, 9, "x"), (6, 9, "")]
+    assert windows(rows, 1) == [["a", "b", "c"], ["a", "b", "c", "d"], ["b", "c", "d", "e"], ["d", "e"], ["x"], ["x"]]
+    assert windows(rows, 0) == [["a"], ["b", "c"], ["d"], ["e"], ["x"], []]
+
+
+def _bm25_top(kb: KnowledgeBase, word: str) -> list[int]:
+    model, ids = kb.bm25_index()
+    scores = model.get_scores_from_ids(model.get_tokens_ids([word]))
+    return [int(ids[i]) for i in np.argsort(-scores) if scores[i] > 0]
+
+
+def test_a_chunk_is_found_by_a_word_in_its_neighbour_and_an_old_index_is_upgraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'warranty' is in the first chunk only; with windows the second (same document) is found
+    through it, the other document's chunk is not.  A base indexed chunk by chunk (as before
+    BM25_WINDOW) is re-indexed by the next writer's commit even when nothing else changed."""
+    texts = ["Warranty terms.", "The battery is covered for ten years.", "Cleaning the panels."]
+    monkeypatch.setattr("rag.kb.BM25_WINDOW", 0)  # build the base as an older version did
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb) as w:
+        w.put_document(path="/w.txt", status="ok", chunks=[chunk(texts[0], 0), chunk(texts[1], 1)], vectors=vectors(2))
+        w.put_document(path="/c.txt", status="ok", chunks=[chunk(texts[2], 0)], vectors=vectors(1))
+        w.commit()
+        assert _bm25_top(kb, "warranti") == [1]
+    monkeypatch.undo()
+    with KnowledgeBase.open(tmp_path / "kb") as kb, KBWriter(kb) as w:
+        assert w.reindex
+        assert w.commit() == 2 and kb.meta()["bm25_window"] == BM25_WINDOW
+        assert sorted(_bm25_top(kb, "warranti")) == [1, 2]
+        assert_consistent(kb)
+    with KnowledgeBase.open(tmp_path / "kb") as kb, KBWriter(kb) as w:
+        assert w.commit() == 2, "an up-to-date base with nothing staged is not rewritten"

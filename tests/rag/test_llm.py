@@ -140,8 +140,9 @@ def test_rag_chat_understands_a_follow_up(sample_kb_dir) -> None:
         },
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("helios-h10-warranty.pdf, p. 2") >= 2
-    assert "searched for:" in result.output and "inverter" in result.output.split("searched for:")[1].lower()
+    follow_up = result.output.split("you> ")[2]  # the second turn: what the 135M model says first varies
+    assert "searched for:" in follow_up and "inverter" in follow_up.split("searched for:")[1].lower()
+    assert "helios-h10-warranty.pdf, p. 2" in follow_up, "the follow-up found the warranty terms"
 
 
 def test_local_backend_applies_a_peft_adapter(tmp_path: Path, chat_model) -> None:

@@ -96,6 +96,21 @@ def test_zscore_fusion_with_complete_scores_credits_what_a_list_cut_off() -> Non
     assert lists_only.index(3) > lists_only.index(1)  # without complete scores, 3 loses its dense credit
 
 
+def test_minmax_fusion_scales_each_retriever_over_every_candidate() -> None:
+    dense = [(1, 0.9), (2, 0.5)]
+    bm25 = [(2, 30.0), (3, 10.0)]
+    complete = {"dense": {1: 0.9, 2: 0.5, 3: 0.8}, "bm25": {1: 0.0, 2: 30.0, 3: 10.0}}
+    fused = dict(fuse({"dense": dense, "bm25": bm25}, "minmax", 60, {"bm25": 0.5}, complete))
+    # over the union {1, 2, 3}: dense spans 0.5..0.9, bm25 0..30
+    assert fused[1] == pytest.approx((0.9 - 0.5) / 0.4 + 0.5 * 0.0)
+    assert fused[2] == pytest.approx(0.0 + 0.5 * 1.0)
+    assert fused[3] == pytest.approx((0.8 - 0.5) / 0.4 + 0.5 * 10 / 30)
+    assert list(fused) == [1, 3, 2]
+    # without complete scores each list is scaled over itself and a miss counts as its worst hit
+    lists_only = dict(fuse({"dense": dense, "bm25": bm25}, "minmax", 60, {}))
+    assert lists_only == pytest.approx({1: 1.0, 2: 1.0, 3: 0.0})
+
+
 def test_chinese_questions_rank_by_bm25_with_the_english_only_embedder(sample_kb_dir, embedder) -> None:
     with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings(top_k=4))
