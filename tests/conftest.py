@@ -20,6 +20,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
+def ctrl_c_works() -> None:
+    """preexec_fn for a child the test stops with SIGINT, as Ctrl-C would.  A test run started in
+    the background of a script (`cmd &`, nohup) ignores SIGINT, children inherit that, and a
+    Python started with SIGINT ignored never raises KeyboardInterrupt: restore the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, or a skip: a user's clone has no ../shared."""
     path = SHARED_DATA.joinpath(*parts)

@@ -15,6 +15,7 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.kb import KnowledgeBase
+from tests.conftest import ctrl_c_works
 from tests.fixtures.documents import write_pdf
 from tests.fixtures.kb_checks import assert_consistent
 
@@ -142,7 +143,9 @@ def test_ctrl_c_commits_what_is_finished_and_says_how_to_continue(tmp_path: Path
     root = data / "kb" / "ctrlc"
     env = {**os.environ, "RAG_DATA_DIR": str(data), "RAG_INGEST__COMMIT_INTERVAL_S": "0", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "rag", "ingest", str(docs), "--kb", "ctrlc"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_works
+    )
     deadline = time.monotonic() + 180
     while generation(root) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

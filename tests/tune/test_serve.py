@@ -33,7 +33,7 @@ from rag.tune.serve import (
     parse_adapter,
 )
 from rag.tune.train import TrainConfig, train
-from tests.conftest import MODEL_CACHE, REPO
+from tests.conftest import MODEL_CACHE, REPO, ctrl_c_works
 from tests.fixtures.openai_server import free_port
 
 PROMPT = [("system", "Answer briefly."), ("user", "Question 99: what is the code word?")]
@@ -105,7 +105,12 @@ def server(runtime, tiny_base: Path, tiny_adapter: Path, tmp_path_factory: pytes
     args = ["serve", "--base", str(tiny_base), "--adapter", f"tuned={tiny_adapter}", "--port", str(port)]
     args += ["--vllm-python", str(runtime.python), "--log", str(log), "--max-model-len", "2048"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "rag", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [sys.executable, "-m", "rag", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=ctrl_c_works,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
