@@ -141,6 +141,12 @@ def run_queries(
     would change the top ranks too (min-max and z-score scale over the candidates): SciFact
     nDCG@10 would then describe a configuration nobody runs."""
     copies = twins(retriever.kb)
+    if deep is None:
+        searchers = [retriever]
+    elif mode == "hybrid":
+        searchers = [retriever, deep]  # the head as shipped, then the tail
+    else:
+        searchers = [deep]  # one retriever alone: its deep list starts with exactly the shallow one
     ids = list(queries)
     ranked: dict[str, list[str]] = {}
     for start in range(0, len(ids), QUERY_BATCH):
@@ -148,12 +154,9 @@ def run_queries(
         # Encoded in batches even for bm25: every hit carries its cosine similarity.
         vectors = retriever.embedder.encode_queries([queries[q] for q in batch])
         for qid, qvec in zip(batch, vectors, strict=True):
-            if deep is not None and mode != "hybrid":  # one retriever: its deep list extends its own
-                hits = deep.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
-            else:
-                hits = retriever.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
-                if deep is not None:
-                    hits += deep.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
+            hits = [
+                h for r in searchers for h in r.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
+            ]
             docs = [d for h in hits for d in [doc_id_of(h.chunk.source), *copies.get(h.chunk.doc_id, [])]]
             ranked[qid] = best_per_document(docs)[:DOC_DEPTH]
         if progress:

@@ -106,16 +106,9 @@ class Retriever:
         """Those `hits` that pass the gate for another `query`: a follow-up searched together
         with the previous question's words must still be about what the follow-up asks."""
         qvec = self.embedder.encode_queries([query])[0]
-        ids = [h.chunk.chunk_id for h in hits]
-        sims = self._similarities(qvec, ids)
-        stored = self.kb.chunk_tokens(ids)
-        q_tokens = {t for t in tokenize(query) if t}
+        closeness = self._closeness(qvec, query, [h.chunk.chunk_id for h in hits])
         zh = language(query) == "zh"
-        return [
-            h
-            for h in hits
-            if self._passes(zh, sims[h.chunk.chunk_id], _coverage(q_tokens, stored.get(h.chunk.chunk_id, set())))
-        ]
+        return [h for h in hits if self._passes(zh, *closeness[h.chunk.chunk_id])]
 
     def _passes(self, zh: bool, similarity: float, coverage: float) -> bool:
         """The relevance gate: enough of the question's words, or close enough in meaning."""
@@ -178,17 +171,23 @@ class Retriever:
     ) -> list[Hit]:
         chunks = self.kb.chunks([cid for cid, _ in fused])
         ranks = {name: {cid: r for r, (cid, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
-        sims = self._similarities(qvec, [cid for cid, _ in fused if cid in chunks])
-        q_tokens = {t for t in tokenize(query) if t}
-        stored = self.kb.chunk_tokens(list(chunks))
+        closeness = self._closeness(qvec, query, [cid for cid, _ in fused if cid in chunks])
         hits = []
         for cid, score in fused:
             chunk = chunks.get(cid)
             if chunk is None:  # removed by a commit since the index was read
                 continue
             sources = {name: r[cid] for name, r in ranks.items() if cid in r}
-            hits.append(Hit(chunk, score, sources, sims.get(cid, 0.0), _coverage(q_tokens, stored.get(cid, set()))))
+            hits.append(Hit(chunk, score, sources, *closeness[cid]))
         return hits
+
+    def _closeness(self, qvec: np.ndarray, query: str, ids: list[int]) -> dict[int, tuple[float, float]]:
+        """chunk id -> (cosine with the query, share of the query's words in the chunk): what the
+        relevance gate decides on."""
+        sims = self._similarities(qvec, ids)
+        stored = self.kb.chunk_tokens(ids)
+        q_tokens = {t for t in tokenize(query) if t}
+        return {cid: (sims[cid], _coverage(q_tokens, stored.get(cid, set()))) for cid in ids}
 
     def _similarities(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Cosine of the query with each chunk, read back from the FAISS index (no re-encoding)."""
