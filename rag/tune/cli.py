@@ -52,6 +52,16 @@ def data(
     validation: Annotated[
         float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out")
     ] = 0.1,
+    max_refusals: Annotated[
+        float | None,
+        typer.Option(
+            "--max-refusals",
+            min=0,
+            max=1,
+            help='most examples whose target is "not found", as a share of each split (a seeded sample of the '
+            "rest is left out); small models refuse more often than their data does",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
@@ -83,6 +93,7 @@ def data(
             distractors=distractors,
             no_gold=no_gold,
             validation=validation,
+            max_refusals=max_refusals,
             seed=seed,
             progress=lambda done, total: bar.update(task, completed=done),
         )
@@ -96,6 +107,8 @@ def data(
     out.print(table)
     if result.skipped:
         out.print(f"skipped {sum(result.skipped.values())} question(s): {_reasons(result.skipped)}", highlight=False)
+    if result.dropped:
+        out.print(f"left out {result.dropped} refusal example(s) to keep them at most {max_refusals:.0%} of each split")
     out.print(f"took {time.perf_counter() - started:.0f} s; next: rag tune train --data {out_file} --out adapters/NAME")
 
 

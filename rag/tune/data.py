@@ -34,6 +34,7 @@ from rag.retrieve import Hit, Retriever
 from rag.types import Chunk
 
 KINDS = ("answer", "unanswerable", "no_gold")
+REFUSALS = ("unanswerable", "no_gold")  # kinds whose target is the "not found" sentence
 SPLITS = ("train", "validation")
 
 
@@ -65,6 +66,7 @@ class Example:
 class BuildResult:
     examples: list[Example]
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> questions skipped for it
+    dropped: int = 0  # refusal examples left out to honour `max_refusals`
 
     def counts(self) -> dict[str, Counter[str]]:
         """split -> kind -> number of examples."""
@@ -100,10 +102,16 @@ def build_examples(
     distractors: int = 3,
     no_gold: float = 0.2,
     validation: float = 0.1,
+    max_refusals: float | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """One example per usable QA item, plus a `no_gold` share of extra distractor-only ones.
+
+    `max_refusals` caps the share of "not found" targets in each split (a seeded sample of them is
+    left out).  Why: a small model decodes greedily, and a refusal is one fixed sentence while
+    answers spread over many first tokens, so it refuses far more often than its training data
+    did (55% refusals in SQuAD 2.0-style data gave 73% refusals on answerable questions).
 
     Deterministic for a given seed.  The validation split is drawn by question, so the examples
     of one question never straddle the two splits.
@@ -121,7 +129,21 @@ def build_examples(
             result.examples += made
         if progress:
             progress(i, len(items))
+    if max_refusals is not None:
+        result.examples, result.dropped = cap_refusals(result.examples, max_refusals, seed)
     return result
+
+
+def cap_refusals(examples: list[Example], share: float, seed: int) -> tuple[list[Example], int]:
+    """The examples with at most `share` refusals in each split, and how many were left out."""
+    rng = random.Random(seed + 2)
+    drop: set[int] = set()
+    for split in SPLITS:
+        refusals = [i for i, ex in enumerate(examples) if ex.split == split and ex.kind in REFUSALS]
+        others = sum(1 for ex in examples if ex.split == split and ex.kind not in REFUSALS)
+        keep = len(refusals) if share >= 1 else min(len(refusals), int(share * others / (1 - share)))
+        drop.update(rng.sample(refusals, len(refusals) - keep))
+    return [ex for i, ex in enumerate(examples) if i not in drop], len(drop)
 
 
 def _examples_for(

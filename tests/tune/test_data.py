@@ -16,7 +16,7 @@ from rag.cli import app
 from rag.kb import KnowledgeBase
 from rag.prompts import NOT_FOUND, SYSTEM
 from rag.retrieve import Retriever
-from rag.tune.data import SFTDataError, build_examples, load_sft, write_sft
+from rag.tune.data import REFUSALS, SFTDataError, build_examples, load_sft, write_sft
 from tests.conftest import MODEL_CACHE, qa_settings
 from tests.tune.conftest import DOCS, QA
 
@@ -78,6 +78,22 @@ def test_unanswerable_and_no_gold_examples_answer_not_found(retriever) -> None:
         assert blocks(ex) and not any(contains(text, item.answers) for text in blocks(ex).values())
 
 
+def test_max_refusals_caps_the_not_found_share_and_keeps_every_answer(retriever) -> None:
+    full = build_examples(QA, retriever, no_gold=1.0, validation=0.0)
+    assert sum(ex.kind in REFUSALS for ex in full.examples) == 8, "6 no-gold and 2 unanswerable"
+    capped = build_examples(QA, retriever, no_gold=1.0, validation=0.0, max_refusals=0.25)
+    refusals = [ex for ex in capped.examples if ex.kind in REFUSALS]
+    answers = [ex for ex in capped.examples if ex.kind == "answer"]
+    assert len(answers) == 6 and len(refusals) == 2, "6 answers allow 2 refusals at 25%"
+    assert capped.dropped == 6 and all(ex.messages[-1]["content"] == NOT_FOUND["en"] for ex in refusals)
+    again = build_examples(QA, retriever, no_gold=1.0, validation=0.0, max_refusals=0.25)
+    assert [ex.id for ex in again.examples] == [ex.id for ex in capped.examples], "the sample is seeded"
+    none = build_examples(QA, retriever, no_gold=1.0, validation=0.0, max_refusals=0.0)
+    assert {ex.kind for ex in none.examples} == {"answer"}
+    uncapped = build_examples(QA, retriever, no_gold=1.0, validation=0.0, max_refusals=0.9)
+    assert uncapped.dropped == 0 and len(uncapped.examples) == len(full.examples)
+
+
 def test_unusable_questions_are_counted_not_guessed(retriever) -> None:
     result = build_examples(QA, retriever, validation=0.0)
     assert "x1" not in {ex.qa_id for ex in result.examples} and "x2" not in {ex.qa_id for ex in result.examples}
@@ -116,11 +132,16 @@ def test_rag_tune_data_writes_the_set_and_reports_counts(mini_kb: Path, tmp_path
     out = tmp_path / "sft.jsonl"
     env = {"RAG_DATA_DIR": str(mini_kb), "RAG_CACHE_DIR": str(MODEL_CACHE), "COLUMNS": "200"}
     args = ["tune", "data", "--kb", "mini", "--qa", str(qa_file), "--out", str(out), "--distractors", "2"]
-    result = CliRunner().invoke(app, [*args, "--validation", "0.2"], env=env)
+    more = ["--validation", "0.2", "--no-gold", "1", "--max-refusals", "0.5"]
+    result = CliRunner().invoke(app, [*args, *more], env=env)
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {ln["kind"] for ln in lines} >= {"answer", "unanswerable"}
+    assert {ln["kind"] for ln in lines} >= {"answer", "unanswerable", "no_gold"}
     assert {ln["split"] for ln in lines} == {"train", "validation"}
+    for split in ("train", "validation"):  # 8 refusals to 6 answers before the cap
+        kinds = [ln["kind"] for ln in lines if ln["split"] == split]
+        assert sum(k in REFUSALS for k in kinds) <= 0.5 * len(kinds)
+    assert "refusal example(s) to keep them at most 50% of each split" in result.output
     assert f"{len(lines)} examples" in result.output and "skipped 2 question(s)" in result.output
     assert "rag tune train --data" in result.output
 
