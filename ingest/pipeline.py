@@ -52,6 +52,7 @@ class IngestReport:
     seconds: float = 0.0
     generation: int = 0
     interrupted: bool = False
+    reindexed: bool = False  # the keyword index was rebuilt for this version's BM25 windows
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -174,6 +175,7 @@ class IngestPipeline:
         progress.files_total(len(files))
         known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
         with KBWriter(self.kb) as writer:
+            report.reindexed = writer.reindex
             run = _Run(self, writer, report, progress)
             for problem in problems:  # paths that do not exist: reported, not recorded
                 run.report_problem(problem)

@@ -122,6 +122,8 @@ def _print_report(name: str, report) -> None:
         out.print("[yellow]interrupted[/]: finished files are committed; run the same command to continue.")
     elif not (report.added or report.updated or report.removed or report.duplicate):
         out.print("nothing new: every file is already in the knowledge base.")
+    if report.reindexed and not report.interrupted:
+        out.print("rebuilt the keyword (BM25) index from the stored chunks for this version of rag.")
     if report.problems:
         out.print(f"[red]{len(report.problems)} file(s) not ingested[/] (see `rag kb show {name}`).")
 

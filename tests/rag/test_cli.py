@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def docs(tmp_path: Path) -> Path:
     return Path(shutil.copytree(SAMPLES, tmp_path / "docs"))
 
 
-def test_ingest_the_samples_then_rerun(run, docs: Path) -> None:
+def test_ingest_the_samples_then_rerun(run, docs: Path, isolated: Path) -> None:
     first = run("ingest", str(docs), "--kb", "sample")
     assert first.exit_code == 0, first.output
     assert "ingest into 'sample'" in first.output
@@ -38,7 +39,14 @@ def test_ingest_the_samples_then_rerun(run, docs: Path) -> None:
     ]
     again = run("ingest", str(docs), "--kb", "sample")
     assert again.exit_code == 0
-    assert "nothing new" in again.output
+    assert "nothing new" in again.output and "rebuilt" not in again.output
+
+    # A base indexed by an older version (BM25 chunk by chunk) is upgraded, and the user is told.
+    with sqlite3.connect(isolated / "data" / "kb" / "sample" / "kb.sqlite") as db:
+        db.execute("UPDATE meta SET value = '0' WHERE key = 'bm25_window'")
+    upgraded = run("ingest", str(docs), "--kb", "sample")
+    assert upgraded.exit_code == 0 and "rebuilt the keyword (BM25) index" in upgraded.output
+    assert "nothing new" in upgraded.output
 
     show = run("kb", "show", "sample")
     assert show.exit_code == 0
