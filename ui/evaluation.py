@@ -8,7 +8,6 @@ them.  This page only reads them, so it works for reports made by `rag eval` too
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -70,16 +69,17 @@ class Report:
 def list_reports(root: Path) -> list[Report]:
     """Report folders under `root`, newest first; a folder whose report.json is unreadable is
     listed with the reason rather than hidden."""
-    if not root.is_dir():
-        return []
+    from eval.report import ReportError, load_report
+    from eval.report import list_reports as report_folders
+
     reports = []
-    for path in root.rglob("report.json"):
+    for folder in report_folders(root):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            reports.append(Report(path.parent, data if isinstance(data, dict) else {}))
-        except (OSError, json.JSONDecodeError) as exc:
-            reports.append(Report(path.parent, error=f"{path}: cannot be read ({exc})"))
-    return sorted(reports, key=lambda r: r.created, reverse=True)
+            data = load_report(folder)
+            reports.append(Report(folder, data if isinstance(data, dict) else {}))
+        except (OSError, ReportError) as exc:
+            reports.append(Report(folder, error=f"cannot be read: {exc}"))
+    return reports
 
 
 def runs_table(data: dict[str, Any]) -> list[dict[str, Any]]:
