@@ -14,6 +14,9 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep instead of spinning: on a small machine spinning threads starve
 # whatever else runs (measured: query encoding 28 ms quiet, 330 ms beside one busy process).
 export OMP_WAIT_POLICY := PASSIVE
+# The two environments (.venv and .venv-serve) and the browser install are independent: building
+# them side by side takes minutes off a fresh `make test`.
+MAKEFLAGS += --jobs=2
 
 .PHONY: setup browser serve-setup demo test lint bench eval clean
 
