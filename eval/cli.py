@@ -178,6 +178,13 @@ def answers(
     adapter: Annotated[
         list[Path] | None, typer.Option("--adapter", help="local backend: a peft adapter folder; repeat to compare")
     ] = None,
+    base: Annotated[
+        bool,
+        typer.Option(
+            "--base/--no-base",
+            help="with --adapter: also run the model without it (--no-base saves that run when comparing adapters)",
+        ),
+    ] = True,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
@@ -194,7 +201,7 @@ def answers(
         items = sample(load_qa(qa_file, split), limit, seed)
     except DatasetError as exc:
         raise _fail(str(exc)) from exc
-    variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens)
+    variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens, base)
     name = kb or settings.default_kb
     runs, rows = [], {}
     for label, cfg in variants:
@@ -224,11 +231,18 @@ def answers(
 
 
 def _variants(
-    settings: Settings, backend: str | None, models: list[str], adapters: list[Path], max_new_tokens: int | None
+    settings: Settings,
+    backend: str | None,
+    models: list[str],
+    adapters: list[Path],
+    max_new_tokens: int | None,
+    base: bool = True,
 ) -> list[tuple[str, Settings]]:
-    """One Settings per run: each --model, then the first model with each --adapter."""
+    """One Settings per run: each --model (unless --no-base), then the first model with each --adapter."""
     if backend not in (None, "local", "openai"):
         raise _fail(f"--backend must be local or openai, not {backend!r}")
+    if not base and not adapters:
+        raise _fail("--no-base leaves nothing to run without --adapter")
     llm = settings.llm.model_copy(
         update={k: v for k, v in {"backend": backend, "max_new_tokens": max_new_tokens}.items() if v}
     )
@@ -238,7 +252,7 @@ def _variants(
             "adapter's served name as --model)"
         )
     out_: list[tuple[str, Settings]] = []
-    for m in models or [llm.model]:
+    for m in (models or [llm.model]) if base else []:
         out_.append((m.rsplit("/", 1)[-1], settings.model_copy(update={"llm": llm.model_copy(update={"model": m})})))
     first = models[0] if models else llm.model
     for a in adapters:

@@ -89,3 +89,23 @@ def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
     assert metrics["contains"] == 1.0 and metrics["not_found_accuracy"] == 1.0
     per_question = json.loads((tmp_path / "ans" / "runs" / "SmolLM2-135M-Instruct.json").read_text())
     assert [r["id"] for r in per_question] == ["w", "x"]
+
+
+def test_no_base_runs_only_the_adapters(run, isolated: Path, tmp_path: Path) -> None:
+    from eval.cli import _variants
+    from rag.config import load_settings
+
+    adapter = tmp_path / "my-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    settings = load_settings()
+    both = [label for label, _ in _variants(settings, "local", [], [adapter], None)]
+    assert both == ["SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct+my-adapter"]
+    only = _variants(settings, "local", [], [adapter], None, base=False)
+    assert [label for label, _ in only] == ["SmolLM2-135M-Instruct+my-adapter"]
+    assert only[0][1].llm.adapter == str(adapter)
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "1", "question": "Why?", "answers": ["because"]}) + "\n")
+    result = run("eval", "answers", "--qa", str(qa), "--no-base")
+    assert result.exit_code == 2 and "--no-base leaves nothing to run without --adapter" in result.output
