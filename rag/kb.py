@@ -29,6 +29,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -581,16 +582,11 @@ class KBWriter:
 def windows(rows: Sequence[tuple[int, int, str]], width: int) -> list[list[str]]:
     """BM25 tokens of each chunk with those of `width` neighbours on each side in its document.
     `rows`: (chunk_id, doc_id, space-joined tokens), in document and reading order."""
-    tokens = [t.split() for _, _, t in rows]
-    docs = [d for _, d, _ in rows]
     out = []
-    for i, doc in enumerate(docs):
-        lo, hi = i, i
-        while lo > 0 and i - lo < width and docs[lo - 1] == doc:
-            lo -= 1
-        while hi + 1 < len(docs) and hi - i < width and docs[hi + 1] == doc:
-            hi += 1
-        out.append([t for j in range(lo, hi + 1) for t in tokens[j]])
+    for _, doc_rows in groupby(rows, key=lambda row: row[1]):
+        tokens = [t.split() for _, _, t in doc_rows]
+        for i in range(len(tokens)):
+            out.append([t for part in tokens[max(0, i - width) : i + width + 1] for t in part])
     return out
 
 
