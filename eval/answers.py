@@ -137,12 +137,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
     def mean(values: list[float]) -> float | None:
         return round(float(np.mean(values)), 4) if values else None
 
+    refused_right = mean([float(r["not_found"]) for r in unanswerable])
+    refused_wrong = mean([float(r["not_found"]) for r in answerable])
     return {
         "exact_match": mean([r["exact_match"] for r in answerable]),
         "f1": mean([r["f1"] for r in answerable]),
         "contains": mean([r["contains"] for r in answerable]),
-        "not_found_accuracy": mean([float(r["not_found"]) for r in unanswerable]),
-        "false_not_found": mean([float(r["not_found"]) for r in answerable]),
+        "not_found_accuracy": refused_right,
+        "false_not_found": refused_wrong,
+        # Whether "not found" tells anything: an adapter that refuses three questions in four meets a
+        # not-found target on paper while refusing answerable questions just as often.  0 = refuses
+        # as often with the answer in hand as without; 1 = refuses exactly the unanswerable ones.
+        "refusal_discrimination": (
+            round(refused_right - refused_wrong, 4) if refused_right is not None and refused_wrong is not None else None
+        ),
         "citation_precision": mean([float(c["gold"]) for c in cited]),
         "citation_compliance": mean([float(r["cited_by_model"]) for r in answered]),
         "latency_p50_s": round(float(np.percentile(latencies, 50)), 3),

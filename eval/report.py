@@ -190,6 +190,7 @@ ANSWER_METRICS = [
     "contains",
     "not_found_accuracy",
     "false_not_found",
+    "refusal_discrimination",
     "citation_precision",
     "citation_compliance",
     "latency_p50_s",
@@ -199,6 +200,7 @@ METRIC_NOTES = (
     "exact_match / f1: answerable questions (character-level F1 for Chinese); contains: the gold answer appears "
     "in the answer; not_found_accuracy: share of "
     'unanswerable questions answered "not found"; false_not_found: share of answerable ones refused; '
+    "refusal_discrimination: not_found_accuracy - false_not_found (0: refuses as often when the answer is there); "
     "citation_precision: cited passages from a gold document or holding the answer; citation_compliance: "
     "answers that cite at least one real block themselves."
 )
@@ -271,16 +273,19 @@ def plot_answers(report: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     plt = _pyplot()
-    keys = [k for k in ANSWER_METRICS[:7] if any(k in r["metrics"] for r in report["runs"])]
+    keys = [k for k in ANSWER_METRICS if not k.startswith("latency") and any(k in r["metrics"] for r in report["runs"])]
     fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
     width = 0.8 / max(1, len(report["runs"]))
     x = np.arange(len(keys))
+    lowest = 0.0
     for i, run in enumerate(report["runs"]):
         values = [run["metrics"].get(k) or 0.0 for k in keys]
+        lowest = min(lowest, *values)
         bars = ax.bar(x + (i - (len(report["runs"]) - 1) / 2) * width, values, width, label=run["name"])
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.set_xticks(x, [k.replace("_", "\n") for k in keys], fontsize=8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(lowest - 0.1 if lowest < 0 else 0, 1.1)  # refusal_discrimination can be negative
+    ax.axhline(0, color="0.3", linewidth=0.6)
     ax.set_title(f"answers: {report['qa']}")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

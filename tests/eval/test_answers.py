@@ -64,10 +64,22 @@ def test_summary_counts_each_metric_over_the_right_questions() -> None:
     assert m["exact_match"] == 0.5 and m["f1"] == 0.5
     assert m["not_found_accuracy"] == 0.5
     assert m["false_not_found"] == 0.5
+    assert m["refusal_discrimination"] == 0.0  # refuses half of each: "not found" tells nothing
     assert m["citation_precision"] == pytest.approx(2 / 3, abs=1e-4)
     assert m["citation_compliance"] == 0.5  # 2 answered, 1 cited by the model itself
     assert m["latency_p50_s"] == 2.5
     assert (m["answerable"], m["unanswerable"], m["errors"]) == (2, 2, 0)
+
+
+def test_refusal_discrimination_separates_knowing_when_to_refuse_from_refusing_a_lot() -> None:
+    knows = [_row(True, False, 1.0), _row(True, False), _row(False, True), _row(False, True)]
+    refuses_most = [_row(True, True), _row(True, False), _row(False, True), _row(False, True)]
+    refuses_all = [_row(True, True), _row(True, True), _row(False, True), _row(False, True)]
+    assert summarize(knows)["refusal_discrimination"] == 1.0
+    assert summarize(refuses_most)["refusal_discrimination"] == 0.5
+    both = summarize(refuses_all)
+    assert both["not_found_accuracy"] == 1.0 and both["refusal_discrimination"] == 0.0
+    assert summarize([_row(True, False)])["refusal_discrimination"] is None  # no unanswerable questions
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def test_answer_report_shows_differences(tmp_path: Path) -> None:
             "adapter": None,
             "seconds": 10.0,
             "questions": 4,
-            "metrics": {"exact_match": 0.25, "f1": 0.5, "not_found_accuracy": 0.0},
+            "metrics": {"exact_match": 0.25, "f1": 0.5, "not_found_accuracy": 0.0, "refusal_discrimination": -0.1},
         },
         {
             "name": "base+lora",
@@ -57,11 +57,12 @@ def test_answer_report_shows_differences(tmp_path: Path) -> None:
             "adapter": "/a",
             "seconds": 11.0,
             "questions": 4,
-            "metrics": {"exact_match": 0.5, "f1": 0.55, "not_found_accuracy": 0.75},
+            "metrics": {"exact_match": 0.5, "f1": 0.55, "not_found_accuracy": 0.75, "refusal_discrimination": 0.4},
         },
     ]
     out = write_answer_report(tmp_path / "ans", Path("qa.jsonl"), "kb", "test", runs, {"base": [], "base+lora": []})
     md = (out / "report.md").read_text()
     assert "Difference from base" in md
-    assert "| base+lora | local | m | +0.250 | +0.050 | +0.750 |" in md
+    assert "| base+lora | local | m | +0.250 | +0.050 | +0.750 | +0.500 |" in md
+    assert "| base | local | m | 0.250 | 0.500 | 0.000 | -0.100 |" in md
     assert (out / "answers.png").read_bytes().startswith(PNG)
