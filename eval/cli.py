@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from rag.cli import _fail, _open_kb, _settings, err, out
+from rag.cli import _fail, _open_kb, _settings, err, out, progress_bar
 from rag.config import ConfigError, Settings, load_settings
 
 eval_app = typer.Typer(
@@ -18,17 +18,6 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 MODES = ("dense", "bm25", "hybrid")
-
-
-def _bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
 
 
 class _StageBars:
@@ -95,7 +84,7 @@ def retrieval(
     configs = _configs(settings, config or [], mode or [])
     target = out_dir or _default_out(settings, "retrieval", dataset.name)
     try:
-        with _bar() as bar:
+        with progress_bar() as bar:
             folder = run_retrieval_eval(settings, dataset, split, configs, target, _StageBars(bar))
     except (DatasetError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -207,7 +196,7 @@ def answers(
     for label, cfg in variants:
         qa = _qa_for(cfg, name)
         started = time.perf_counter()
-        with _bar() as bar:
+        with progress_bar() as bar:
             task = bar.add_task(f"{label}: questions", total=len(items))
             try:
                 per_question = run_answers(qa, items, lambda done, total, t=task: bar.update(t, completed=done))
@@ -338,7 +327,7 @@ def make_qa(
     base = _open_kb(settings, kb)
     try:
         chat = make_chat_model(settings, notify=lambda m: err.print(m, highlight=False))
-        with _bar() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("drafting", total=n)
             items, tried = draft_qa(base, chat, n, seed, lambda t, kept, want: bar.update(task, completed=kept))
     except Exception as exc:

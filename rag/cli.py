@@ -9,6 +9,15 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from rag.config import ConfigError, Settings, load_settings
@@ -34,6 +43,20 @@ USAGE_ERROR = 2
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def progress_bar(*extra: ProgressColumn) -> Progress:
+    """The bar of every long `rag` job (evaluation, training data, training): description, bar,
+    done/total, any extra columns (the training loss), elapsed and remaining time, on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
 
 
 @app.callback()

@@ -8,27 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
-from rag.cli import _fail, _open_kb, _settings, err, out
+from rag.cli import _fail, _open_kb, _settings, err, out, progress_bar
 
 tune_app = typer.Typer(
     help="LoRA-tune the answering model on a knowledge base: build training data, train an adapter.",
     no_args_is_help=True,
 )
-
-
-def _bar(*extra: Any) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *extra,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
 
 
 # ---- rag tune data -------------------------------------------------------------------------
@@ -85,7 +73,7 @@ def data(
     except KBError as exc:
         raise _fail(str(exc)) from exc
     started = time.perf_counter()
-    with _bar() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("questions", total=len(items))
         result = build_examples(
             items,
@@ -124,7 +112,7 @@ def _train_progress() -> Any:
 
     class TrainProgress(TrainerCallback):
         def __init__(self) -> None:
-            self.bar = _bar(TextColumn("loss {task.fields[loss]}"))
+            self.bar = progress_bar(TextColumn("loss {task.fields[loss]}"))
             self.task: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.answers import contains
-from eval.datasets import QAItem, doc_id_of
+from eval.datasets import DatasetError, QAItem, doc_id_of, read_jsonl
 from rag.kb import KnowledgeBase
 from rag.lexical import language
 from rag.prompts import NOT_FOUND, answer_messages
@@ -236,15 +236,9 @@ def load_sft(path: Path) -> dict[str, list[list[dict[str, str]]]]:
     if not path.is_file():
         raise SFTDataError(f"{path}: file not found (make one with `rag tune data`)")
     out: dict[str, list[list[dict[str, str]]]] = {s: [] for s in SPLITS}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SFTDataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            messages = obj.get("messages") if isinstance(obj, dict) else None
+    try:
+        for lineno, obj in read_jsonl(path):
+            messages = obj.get("messages")
             if not _is_conversation(messages):
                 raise SFTDataError(
                     f"{path}:{lineno}: expected {{'messages': [{{'role', 'content'}}, ...]}} ending with an "
@@ -254,6 +248,8 @@ def load_sft(path: Path) -> dict[str, list[list[dict[str, str]]]]:
             if split not in SPLITS:
                 raise SFTDataError(f"{path}:{lineno}: split {split!r} is neither 'train' nor 'validation'")
             out[split].append(messages)
+    except DatasetError as exc:  # not JSON, or not an object: the message names the line
+        raise SFTDataError(str(exc)) from exc
     if not out["train"]:
         raise SFTDataError(f"{path}: no training examples")
     return out

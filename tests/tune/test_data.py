@@ -118,11 +118,19 @@ def test_validation_split_is_by_question_and_the_build_is_reproducible(retriever
     assert len(loaded["train"]) == counts["train"].total() and len(loaded["validation"]) == counts["validation"].total()
 
 
-def test_load_sft_names_the_bad_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("bad_line", "says"),
+    [
+        (json.dumps({"messages": [{"role": "user", "content": "q"}]}), "ending with an assistant message"),
+        ('{"messages": [', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_load_sft_names_the_bad_line(tmp_path: Path, bad_line: str, says: str) -> None:
     path = tmp_path / "sft.jsonl"
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    path.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
-    with pytest.raises(SFTDataError, match=r"sft\.jsonl:2: .*assistant"):
+    path.write_text(json.dumps(good) + "\n\n" + bad_line + "\n")
+    with pytest.raises(SFTDataError, match=rf"sft\.jsonl:3: .*{says}"):
         load_sft(path)
 
 
