@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.progress import (
-    Progress as RichBar,
-)
+from rich.progress import TextColumn
 
 from ingest.pipeline import Problem, Progress
+from rag.cli import progress_bar
 
 
 class RichProgress(Progress):
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.bar = RichBar(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.bar = progress_bar(TextColumn("{task.fields[detail]}"), console=console)
         self.files = self.bar.add_task("files", total=None, detail="")
         self.chunks = self.bar.add_task("chunks embedded", total=None, detail="")
 

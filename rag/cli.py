@@ -45,9 +45,10 @@ def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def progress_bar(*extra: ProgressColumn) -> Progress:
-    """The bar of every long `rag` job (evaluation, training data, training): description, bar,
-    done/total, any extra columns (the training loss), elapsed and remaining time, on stderr."""
+def progress_bar(*extra: ProgressColumn, console: Console = err) -> Progress:
+    """The bar of every long `rag` job (ingest, evaluation, training data, training): description,
+    bar, done/total, any extra columns (the file being read, the training loss), elapsed and
+    remaining time, on stderr."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -55,7 +56,7 @@ def progress_bar(*extra: ProgressColumn) -> Progress:
         *extra,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=console,
     )
 
 
