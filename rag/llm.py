@@ -167,6 +167,10 @@ class LocalChatModel(BaseChatModel):
             if cut is not None:
                 break
         else:
+            # Stopped by max_new_tokens inside a character that spans several byte-level tokens
+            # (most Chinese characters do): the streamer's last flush ends in U+FFFD. Half a
+            # character is not text; drop it rather than show "保修期为十年，或累计放电量达到 30 兆�".
+            buffer = buffer.rstrip("\ufffd")
             if len(buffer) > sent:
                 yield self._emit(buffer[sent:], run_manager)
         worker.join()

@@ -40,6 +40,15 @@ def test_an_empty_generation_is_an_empty_answer_not_an_error(chat_model) -> None
     assert chat_model.invoke(messages, stop=[reply[0]]).content == ""
 
 
+def test_a_token_limit_inside_a_chinese_character_never_shows_half_of_it(chat_model) -> None:
+    # Most Chinese characters take two or three byte-level tokens, so a limit of n tokens often
+    # ends mid-character; the final flush then decoded to U+FFFD, e.g. "达到 30 兆�" in `make demo`.
+    messages = [("user", "请重复这句话：电池本体保修期为十年。")]
+    replies = ["".join(str(c.content) for c in chat_model.stream(messages, max_new_tokens=n)) for n in range(1, 8)]
+    assert all("\ufffd" not in reply for reply in replies), replies
+    assert replies[-1].startswith("电池"), "the model repeats the sentence: whole characters survive"
+
+
 def test_local_backend_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None:
     settings = qa_settings(tmp_path, llm={"adapter": str(tmp_path)})
     with pytest.raises(LLMError, match=r"adapter_config\.json"):
