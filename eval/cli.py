@@ -179,8 +179,10 @@ def answers(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
 ) -> None:
-    """Answer every question through the full pipeline; exact match, F1, not-found accuracy,
-    citation precision and latency, one row per model (and adapter), with the differences."""
+    """Score answers on a QA set, one row per model and adapter, with the differences.
+
+    Every question goes through the full pipeline (retrieval, prompt, model): exact match, F1,
+    "not found" accuracy, citation compliance and precision, latency."""
     from eval.answers import AnswerEvalError, run_answers, summarize
     from eval.datasets import DatasetError, load_qa, sample
     from eval.report import write_answer_report
@@ -264,8 +266,9 @@ def corpus(
     dataset: Annotated[Path, typer.Argument(help="a folder with corpus.jsonl (BEIR format), or the file itself")],
     kb: Annotated[str, typer.Option("--kb", help="knowledge base to create or update")],
 ) -> None:
-    """Ingest a corpus.jsonl into a knowledge base (one document per line, named by its id), e.g.
-    to run `rag eval answers` on SQuAD or CMRC2018."""
+    """Ingest a corpus.jsonl into a knowledge base, e.g. for `rag eval answers` on SQuAD.
+
+    One document per line, named by its id."""
     from eval.datasets import DatasetError, load_corpus, write_corpus
     from ingest.cli_progress import RichProgress
     from ingest.pipeline import IngestPipeline, open_for_ingest
@@ -313,9 +316,11 @@ def make_qa(
     model: Annotated[str | None, typer.Option("--model", help="the teacher model (openai: its served name)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Draft a QA set from your own documents with an LLM (any OpenAI-compatible endpoint works;
-    a capable teacher model gives far better questions than the small default). Answers are
-    copied from the passages, so the set can be scored without a judge; review it before use."""
+    """Draft a QA set from your own documents with an LLM; review it before use.
+
+    Any OpenAI-compatible endpoint works; a capable teacher model gives far better questions than
+    the small default. Answers are copied from the passages, so the set can be scored without a
+    judge."""
     from eval.datasets import write_qa
     from eval.make_qa import draft_qa
     from rag.llm import make_chat_model

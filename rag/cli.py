@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -470,10 +472,6 @@ def ui(
     os.execve(cmd[0], cmd, streamlit_env(os.environ))
 
 
-if __name__ == "__main__":
-    app()
-
-
 # ---- eval (its commands live with the package they drive) ------------------------------------
 from eval.cli import eval_app  # noqa: E402 - needs the helpers above
 
@@ -484,3 +482,18 @@ from rag.tune.cli import serve, tune_app  # noqa: E402 - needs the helpers above
 
 app.add_typer(tune_app, name="tune")
 app.command()(serve)
+
+
+def _flow_help(typer_app: typer.Typer) -> None:
+    """Typer keeps the single line breaks of a docstring's later paragraphs, so `--help` broke
+    sentences wherever the source wraps them; join each paragraph into one line for the terminal
+    to wrap."""
+    for info in typer_app.registered_commands:
+        doc = info.help or inspect.getdoc(info.callback)
+        if doc:
+            info.help = "\n\n".join(re.sub(r"\s*\n\s*", " ", p.strip()) for p in doc.split("\n\n"))
+    for group in typer_app.registered_groups:
+        _flow_help(group.typer_instance)
+
+
+_flow_help(app)

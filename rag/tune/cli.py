@@ -53,9 +53,10 @@ def data(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Build retrieval-augmented chat examples: gold chunk(s) shuffled among retrieved distractors,
-    the answer citing its block like [2]; "not found" as the answer for unanswerable questions and
-    for questions shown without their gold chunk."""
+    """Build chat examples: gold chunk(s) among retrieved distractors, the answer citing it like [2].
+
+    "Not found" is the answer for unanswerable questions and for questions shown without their
+    gold chunk."""
     from eval.datasets import DatasetError, load_qa, sample
     from rag.embed import Embedder
     from rag.kb import KBError
@@ -162,8 +163,9 @@ def train_cmd(
     save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 50,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Train a LoRA adapter with peft (loss on the answer tokens only). Interrupted? Run the same
-    command again: it resumes from the last checkpoint."""
+    """Train a LoRA adapter with peft; run it again after an interruption to resume.
+
+    The loss is on the answer tokens only; checkpoints go to <out>/checkpoints."""
     from rag.models import ModelNotAvailable, resolve_llm
     from rag.tune.data import SFTDataError
     from rag.tune.train import TrainConfig, TrainError, train

@@ -122,3 +122,27 @@ def test_help_is_useful(run) -> None:
     assert result.exit_code == 0
     for flag in ["--kb", "--glob", "--sync"]:
         assert flag in result.output
+
+
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_help_text_reads_in_whole_sentences(run) -> None:
+    # Typer kept the source's line breaks after a docstring's first paragraph, so `--help` broke
+    # sentences mid-line ("... 0 all files\n ingested, 1 ..."). On a wide terminal each paragraph
+    # must come out on one line.
+    import typer
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        result = run(*path, "--help", COLUMNS="400")
+        assert result.exit_code == 0, (path, result.output)
+        lines = [" ".join(line.strip(" │").split()) for line in result.output.splitlines()]
+        for paragraph in (command.help or "").split("\n\n"):
+            assert " ".join(paragraph.split()) in lines, (path, paragraph, result.output)
+            checked += 1
+    assert checked >= 25, "every command, with its multi-paragraph help, was checked"
