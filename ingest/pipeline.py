@@ -175,7 +175,7 @@ class IngestPipeline:
         progress.files_total(len(files))
         known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
         with KBWriter(self.kb) as writer:
-            report.reindexed = writer.reindex
+            report.reindexed = writer.reindex and bool(known)  # a new base is indexed, not re-indexed
             run = _Run(self, writer, report, progress)
             for problem in problems:  # paths that do not exist: reported, not recorded
                 run.report_problem(problem)
