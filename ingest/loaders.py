@@ -6,10 +6,13 @@ the pipeline records it against the file and carries on with the rest.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rag.types import Page
 
@@ -40,13 +43,29 @@ def decode_text(data: bytes, path: Path) -> str:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
     if best is None:
         raise LoadError("cannot detect the text encoding; convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)")
     # A lone match with many undecodable runs is a binary file wearing a text extension.
     if best.chaos > 0.5:
         raise LoadError("does not decode as text in any known encoding; is it binary?")
-    return str(best)
+    # Short texts often fit several code pages equally well, and charset-normalizer breaks the tie
+    # by its own order: cp1250 before cp1252 turned "crème brûlée" into "crčme brűlée". Among equal
+    # fits, take the encoding legacy files are most often in.
+    tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+    return str(min(tied, key=_encoding_rank))
+
+
+# The legacy encodings users' files are most often in, most common first (Chinese, then Western).
+_COMMON_ENCODINGS = ("gb18030", "gbk", "gb2312", "big5", "cp1252", "latin_1", "iso8859_15", "utf_16")
+
+
+def _encoding_rank(match: Any) -> int:
+    try:
+        return _COMMON_ENCODINGS.index(match.encoding)
+    except ValueError:
+        return len(_COMMON_ENCODINGS)
 
 
 def load_text(path: Path, data: bytes) -> list[Page]:
@@ -66,8 +85,26 @@ def load_html(path: Path, data: bytes) -> list[Page]:
     return [Page(text, str(path), metadata={"title": title} if title else {})]
 
 
+@contextlib.contextmanager
+def _quiet_pypdf() -> Iterator[None]:
+    """pypdf logs its repairs ("EOF marker not found", "Ignoring wrong pointing object") to stderr,
+    where they tore through the progress bars; what matters is said once, as a LoadError."""
+    logger = logging.getLogger("pypdf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_pdf(path: Path, data: bytes) -> list[Page]:
     """One Page per PDF page, so chunks never straddle pages and citations name the page."""
+    with _quiet_pypdf():
+        return _pdf_pages(path, data)
+
+
+def _pdf_pages(path: Path, data: bytes) -> list[Page]:
     from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError, PdfReadError
 

@@ -3,6 +3,7 @@ every kind of bad file becomes a LoadError that says what is wrong and what to d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,22 @@ def test_chinese_text_in_legacy_encodings_decodes_right(tmp_path: Path, encoding
     path = tmp_path / f"zh-{encoding}.txt"
     path.write_bytes(CHINESE_TEXT.encode(encoding))
     assert load(path)[0].text == CHINESE_TEXT
+
+
+WESTERN_TEXTS = [
+    "Café crème brûlée is a French dessert made of custard with a caramel top. It is served cold.",
+    "Grüße aus München: die schöne Straße am Fluss.",
+    "Mañana señor, la niña está en el jardín.",
+]
+
+
+@pytest.mark.parametrize("encoding", ["latin_1", "cp1252"])
+@pytest.mark.parametrize("text", WESTERN_TEXTS, ids=["fr", "de", "es"])
+def test_western_text_in_legacy_encodings_decodes_right(tmp_path: Path, text: str, encoding: str) -> None:
+    # Several code pages fit these equally well; the French one came back as "crčme brűlée" (cp1250).
+    path = tmp_path / f"{encoding}.txt"
+    path.write_bytes(text.encode(encoding))
+    assert load(path)[0].text == text
 
 
 def test_html_drops_scripts_and_styles_and_keeps_the_title(tmp_path: Path) -> None:
@@ -126,11 +143,14 @@ def test_corrupt_pdf(tmp_path: Path) -> None:
     assert err.value.status in ("failed", "empty")
 
 
-def test_truncated_pdf(tmp_path: Path, pdf_file: Path) -> None:
+def test_truncated_pdf(tmp_path: Path, pdf_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "truncated.pdf"
     path.write_bytes(pdf_file.read_bytes()[:400])
     with pytest.raises(LoadError, match="PDF"):
         load(path)
+    # Said once, by the LoadError: pypdf's own "EOF marker not found" used to cut through the bars.
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+    assert logging.getLogger("pypdf").level == logging.NOTSET, "pypdf's logging is left as it was"
 
 
 def test_encrypted_pdf_says_decrypt_it(tmp_path: Path, pdf_file: Path) -> None:
