@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -206,8 +206,40 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
 
     try:
         built = _FileSettings(**overrides)
-    except Exception as exc:  # pydantic ValidationError or a TOML syntax error
+    except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc
+        problems = "\n".join(f"  {_explain(error)}" for error in exc.errors())
+        raise ConfigError(f"invalid settings{where}:\n{problems}") from exc
+    except Exception as exc:  # a TOML syntax error
+        raise ConfigError(f"invalid settings in {path}:\n  {exc}") from exc
     # Hand back the plain type so nothing downstream sees the throwaway subclass.
     return Settings.model_construct(**dict(built))
+
+
+def _explain(error: Any) -> str:
+    """One line per problem, as the user wrote it: the key, the value, where it came from, and what
+    is wrong, with a guess for a misspelt key (pydantic's own text names an internal class and a
+    documentation URL instead)."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    env = "RAG_" + "__".join(loc).upper()
+    source = f" (from {env})" if env in {k.upper() for k in os.environ} else ""
+    if error["type"] == "extra_forbidden":
+        return f"{key}{source}: not a setting{_did_you_mean(loc)}"
+    secret = any(word in loc[-1] for word in ("password", "key"))
+    value = "" if isinstance(error.get("input"), dict) else " = ***" if secret else f" = {error['input']!r}"
+    message = error["msg"].removeprefix("Value error, ")  # our own validators' text, as written
+    return f"{key}{value}{source}: {message}"
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    import difflib
+
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f"; did you mean {'.'.join([*loc[:-1], close[0]])!r}?" if close else ""

@@ -53,9 +53,27 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_typo_in_the_file_is_an_error_not_silence(tmp_path: Path) -> None:
-    (tmp_path / "rag.toml").write_text("[chunk]\nsise = 100\n")
-    with pytest.raises(ConfigError, match=r"rag\.toml[\s\S]*sise"):
+    (tmp_path / "rag.toml").write_text("[chunk]\nsise = 100\n[retrieve]\ntopk = 3\n")
+    with pytest.raises(ConfigError, match=r"rag\.toml") as err:
         load_settings()
+    assert "chunk.sise: not a setting; did you mean 'chunk.size'?" in str(err.value)
+    assert "retrieve.topk: not a setting; did you mean 'retrieve.top_k'?" in str(err.value)
+
+
+def test_a_bad_environment_value_names_the_variable_and_nothing_internal(monkeypatch) -> None:
+    monkeypatch.setenv("RAG_RETRIEVE__TOP_K", "ten")
+    monkeypatch.setenv("RAG_LLM__API_KEY", "sk-123")
+    monkeypatch.setenv("RAG_LLM__BACKEND", "vllm")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid settings:"
+    assert sorted(lines[1:]) == [
+        "  llm.backend = 'vllm' (from RAG_LLM__BACKEND): Input should be 'local' or 'openai'",
+        "  retrieve.top_k = 'ten' (from RAG_RETRIEVE__TOP_K): Input should be a valid integer,"
+        " unable to parse string as an integer",
+    ]
+    assert "_FileSettings" not in str(err.value) and "errors.pydantic.dev" not in str(err.value)
 
 
 def test_overlap_must_be_below_size(tmp_path: Path) -> None:
