@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class IngestReport:
     interrupted: bool = False
     reindexed: bool = False  # the keyword index was rebuilt for this version's BM25 windows
     problems: list[Problem] = field(default_factory=list)
+    # Files found in the folders given but in formats no loader reads, by extension: not failures
+    # (a folder of papers holds images too), but a user looking for their .doc files is told.
+    unsupported: Counter[str] = field(default_factory=Counter)
 
     @property
     def chunks_per_second(self) -> float:
@@ -103,25 +107,27 @@ def _matches(path: Path, pattern: str | None) -> bool:
 
 def discover(
     paths: Iterable[Path], pattern: str | None = None, include_hidden: bool = False
-) -> tuple[list[Path], list[Path], list[Problem]]:
-    """Files to ingest, the roots they came from (for --sync), and paths that cannot be read."""
+) -> tuple[list[Path], list[Path], list[Problem], Counter[str]]:
+    """Files to ingest, the roots they came from (for --sync), paths that cannot be read, and the
+    extensions of files in the folders that no loader reads (none counted under --glob)."""
     files: list[Path] = []
     roots: list[Path] = []
     problems: list[Problem] = []
+    unsupported: Counter[str] = Counter()
     for given in paths:
         path = Path(os.path.abspath(given))
         if path.is_dir():
             roots.append(path)
-            files += _walk(path, pattern, include_hidden)
+            files += _walk(path, pattern, include_hidden, unsupported)
         elif path.is_file() or path.is_symlink():
             roots.append(path)
             files.append(path)
         else:
             problems.append(Problem(str(path), "failed", "no such file or folder; check the path"))
-    return sorted(set(files)), roots, problems
+    return sorted(set(files)), roots, problems, unsupported
 
 
-def _walk(root: Path, pattern: str | None, include_hidden: bool) -> list[Path]:
+def _walk(root: Path, pattern: str | None, include_hidden: bool, unsupported: Counter[str]) -> list[Path]:
     found = []
     for folder, dirs, names in os.walk(root):
         if not include_hidden:
@@ -132,6 +138,8 @@ def _walk(root: Path, pattern: str | None, include_hidden: bool) -> list[Path]:
             path = Path(folder) / name
             if _matches(path, pattern) if pattern else is_supported(path):
                 found.append(path)
+            elif not pattern and path.is_file():
+                unsupported[path.suffix.lower() or "(no extension)"] += 1
     return found
 
 
@@ -171,7 +179,7 @@ class IngestPipeline:
         progress = self.progress = progress or Progress()
         report = IngestReport()
         started = time.perf_counter()
-        files, roots, problems = discover(paths, pattern, self.settings.ingest.include_hidden)
+        files, roots, problems, report.unsupported = discover(paths, pattern, self.settings.ingest.include_hidden)
         progress.files_total(len(files))
         known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
         with KBWriter(self.kb) as writer:

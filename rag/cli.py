@@ -152,6 +152,11 @@ def _print_report(name: str, report) -> None:
         out.print("rebuilt the keyword (BM25) index from the stored chunks for this version of rag.")
     if report.problems:
         out.print(f"[red]{len(report.problems)} file(s) not ingested[/] (see `rag kb show {name}`).")
+    if report.unsupported:
+        kinds = report.unsupported.most_common()
+        listed = ", ".join(f"{ext} ({n})" for ext, n in kinds[:8]) + (", …" if len(kinds) > 8 else "")
+        count = sum(report.unsupported.values())
+        out.print(f"left out {count} file(s) in formats rag does not read: {listed}", highlight=False)
 
 
 # ---- ask / chat ----------------------------------------------------------------------------

@@ -231,8 +231,13 @@ def test_glob_limits_what_is_ingested(settings, embedder, corpus: Path) -> None:
 def test_hidden_files_and_unsupported_formats_are_skipped_in_folders(settings, embedder, corpus: Path) -> None:
     (corpus / ".secret.md").write_text("hidden")
     (corpus / "photo.png").write_bytes(b"\x89PNG")
+    (corpus / "old.DOC").write_bytes(b"\xd0\xcf\x11\xe0")
+    (corpus / "gone.txt").symlink_to(corpus / "nowhere")  # a broken link is a failure, counted below
     report = ingest(settings, embedder, corpus)
-    assert (report.added, report.failed) == (8, 0)
+    assert (report.added, report.failed) == (8, 1)
+    # Not failures, but the user is told what was left out and why: formats no loader reads.
+    assert report.unsupported == {".png": 1, ".doc": 1}
+    assert ingest(settings, embedder, corpus, pattern="*.pdf").unsupported == {}, "--glob chose the files"
 
 
 def test_changing_chunk_settings_rechunks_on_the_next_run(settings, embedder, corpus: Path) -> None:

@@ -31,9 +31,11 @@ def docs(tmp_path: Path) -> Path:
 
 
 def test_ingest_the_samples_then_rerun(run, docs: Path, isolated: Path) -> None:
+    (docs / "slides.pptx").write_bytes(b"PK")
     first = run("ingest", str(docs), "--kb", "sample")
     assert first.exit_code == 0, first.output
     assert "ingest into 'sample'" in first.output and "rebuilt" not in first.output
+    assert "left out 1 file(s) in formats rag does not read: .pptx (1)" in first.output
     assert [line.split() for line in first.output.splitlines() if line.strip().startswith("added")] == [
         ["added", "5", "written", "9"]
     ]
