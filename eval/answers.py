@@ -7,7 +7,8 @@ Metrics, each over the questions it makes sense for:
 - not-found accuracy on unanswerable questions, and the false not-found rate on answerable ones;
 - citation precision (a cited passage comes from a gold document or holds a gold answer) and
   citation compliance (the model itself cited at least one real block);
-- latency per question (p50 / p95).
+- latency per question (p50 / p95);
+- optionally, the share of answerable questions a judge model grades correct (eval/judge.py).
 """
 
 from __future__ import annotations
@@ -158,6 +159,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
         "errors": sum(1 for r in rows if r["error"]),
+        **_judged(answerable),
+    }
+
+
+def _judged(answerable: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """judge_accuracy over the answerable questions the judge gave a verdict on (refused ones
+    count as wrong), and how many replies were neither yes nor no; nothing when no judge ran."""
+    if not any("judge" in r for r in answerable):
+        return {}
+    graded = [float(r["judge"]) for r in answerable if r.get("judge") is not None]
+    return {
+        "judge_accuracy": round(float(np.mean(graded)), 4) if graded else None,
+        "judge_unclear": sum(1 for r in answerable if r.get("judge") is None),
     }
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -143,7 +144,7 @@ def _answers_table(report: dict):
     table.add_column("metric")
     for run in runs:
         table.add_column(run["name"], justify="right")
-    for key in [*ANSWER_METRICS, "answerable", "unanswerable", "errors"]:
+    for key in [*ANSWER_METRICS, "answerable", "unanswerable", "errors", "judge_unclear"]:
         values = [run["metrics"].get(key) for run in runs]
         if all(v is None for v in values):
             continue
@@ -178,11 +179,23 @@ def answers(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            help="a model that grades each answer against the gold answers (judge_accuracy): its served name "
+            "with --judge-base-url, else a model for --backend",
+        ),
+    ] = None,
+    judge_base_url: Annotated[
+        str | None, typer.Option("--judge-base-url", help="the OpenAI-compatible server of the --judge model")
+    ] = None,
 ) -> None:
     """Score answers on a QA set, one row per model and adapter, with the differences.
 
     Every question goes through the full pipeline (retrieval, prompt, model): exact match, F1,
-    "not found" accuracy, citation compliance and precision, latency."""
+    "not found" accuracy, citation compliance and precision, latency; with --judge, the share of
+    answers a judge model grades correct (use a capable one: the 135M default says "no" to all)."""
     from eval.answers import AnswerEvalError, run_answers, summarize
     from eval.datasets import DatasetError, load_qa, sample
     from eval.report import write_answer_report
@@ -193,6 +206,8 @@ def answers(
     except DatasetError as exc:
         raise _fail(str(exc)) from exc
     variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens, base)
+    judge_settings = _judge_settings(settings, backend, judge, judge_base_url) if judge else None
+    grade = _load_judge(judge_settings) if judge_settings else None  # fails now, not after an hour of answers
     name = kb or settings.default_kb
     runs, rows = [], {}
     for label, cfg in variants:
@@ -204,21 +219,26 @@ def answers(
                 per_question = run_answers(qa, items, lambda done, total, t=task: bar.update(t, completed=done))
             except AnswerEvalError as exc:
                 raise _fail(f"{label}: {exc}", 1) from exc
-        metrics = summarize(per_question)
         runs.append(
             {
                 "name": label,
                 "backend": cfg.llm.backend,
                 "model": cfg.llm.model,
                 "adapter": cfg.llm.adapter,
-                "metrics": metrics,
                 "seconds": round(time.perf_counter() - started, 1),
                 "questions": len(items),
             }
         )
         rows[label] = per_question
+    judge_failed = grade(rows) if grade is not None else None
+    for run in runs:
+        run["metrics"] = summarize(rows[run["name"]])
+        if judge_settings is not None and not judge_failed:
+            run["judge"] = judge_settings.llm.model
     target = out_dir or _default_out(settings, "answers", qa_file.stem)
     _show(write_answer_report(target, qa_file, name, split, runs, rows))
+    if judge_failed:
+        raise _fail(f"--judge: {judge_failed}; the report above has no judge_accuracy", 1)
 
 
 def _variants(
@@ -252,6 +272,44 @@ def _variants(
         cfg_llm = llm.model_copy(update={"model": first, "adapter": str(a)})
         out_.append((f"{first.rsplit('/', 1)[-1]}+{a.name}", settings.model_copy(update={"llm": cfg_llm})))
     return out_
+
+
+def _judge_settings(settings: Settings, backend: str | None, judge: str, base_url: str | None) -> Settings:
+    """The judge runs on its own server when given one, else on the backend the answers used."""
+    update: dict[str, Any] = {"model": judge, "backend": "openai" if base_url else backend or settings.llm.backend}
+    if base_url:
+        update["base_url"] = base_url
+    return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)})
+
+
+def _load_judge(settings: Settings) -> Callable[[dict[str, list[dict[str, Any]]]], str | None]:
+    """The judge model, loaded and asked once (so a wrong name or a server that is down is said at
+    the start), then a function grading every run's answers with it."""
+    from eval.judge import JudgeError, judge_rows, make_judge
+    from rag.llm import LLMError
+    from rag.models import ModelNotAvailable
+
+    try:
+        invoke = make_judge(settings)
+        invoke([("user", "Reply with one word: yes.")])
+    except (JudgeError, LLMError, ModelNotAvailable) as exc:
+        raise _fail(f"--judge: {exc}", 1) from exc
+
+    def grade(rows: dict[str, list[dict[str, Any]]]) -> str | None:
+        """None, or why grading stopped; then no row keeps a grade and the report is written without."""
+        try:
+            for label, per_question in rows.items():
+                with progress_bar() as bar:
+                    task = bar.add_task(f"{label}: judge", total=len(per_question))
+                    judge_rows(invoke, per_question, lambda done, total, t=task: bar.update(t, completed=done))
+        except JudgeError as exc:
+            for row in (r for per_question in rows.values() for r in per_question):
+                row.pop("judge", None)
+                row.pop("judge_reply", None)
+            return str(exc)
+        return None
+
+    return grade
 
 
 def _qa_for(settings: Settings, kb: str):

@@ -73,7 +73,7 @@ def write_report(out_dir: Path, dataset: BeirDataset, results: list) -> Path:
 def write_answer_report(
     out_dir: Path, qa_path: Path, kb: str, split: str | None, runs: list[dict[str, Any]], rows: dict[str, list]
 ) -> Path:
-    """`runs`: {"name", "backend", "model", "adapter", "metrics", "seconds", "questions"} each;
+    """`runs`: {"name", "backend", "model", "adapter", "metrics", "seconds", "questions", "judge"?} each;
     `rows`: run name -> per-question rows, kept for inspection."""
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -168,6 +168,9 @@ def _answers_markdown(report: dict[str, Any]) -> str:
         for run in report["runs"][1:]:
             cells = [_delta(run["metrics"].get(k), base["metrics"].get(k)) for k in keys]
             lines.append(_row([run["name"], run["backend"], run["model"], *cells]))
+    judges = sorted({run["judge"] for run in report["runs"] if run.get("judge")})
+    if judges:
+        lines += ["", f"judge_accuracy graded by {', '.join(judges)}; each grade and the judge's reply are in runs/."]
     lines += ["", METRIC_NOTES, "", "![answers](answers.png)", ""]
     return "\n".join(lines)
 
@@ -188,6 +191,7 @@ ANSWER_METRICS = [
     "exact_match",
     "f1",
     "contains",
+    "judge_accuracy",
     "not_found_accuracy",
     "false_not_found",
     "refusal_discrimination",
@@ -198,7 +202,8 @@ ANSWER_METRICS = [
 ]
 METRIC_NOTES = (
     "exact_match / f1: answerable questions (character-level F1 for Chinese); contains: the gold answer appears "
-    "in the answer; not_found_accuracy: share of "
+    "in the answer; judge_accuracy (with --judge): answerable questions a judge model graded correct, refusals "
+    "counting as wrong; not_found_accuracy: share of "
     'unanswerable questions answered "not found"; false_not_found: share of answerable ones refused; '
     "refusal_discrimination: not_found_accuracy - false_not_found (0: refuses as often when the answer is there); "
     "citation_precision: cited passages from a gold document or holding the answer; citation_compliance: "

@@ -13,6 +13,8 @@ from tests.conftest import MODEL_CACHE, SAMPLES
 from tests.fixtures.beir import write_beir
 from tests.fixtures.openai_server import free_port
 
+JUDGE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
 
 @pytest.fixture
 def run(isolated: Path):
@@ -81,7 +83,7 @@ def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
     qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run(
         "eval", "answers", "--qa", str(qa), "--kb", "sample", "--backend", "local",
-        "--max-new-tokens", "40", "--out", str(tmp_path / "ans"),
+        "--max-new-tokens", "40", "--out", str(tmp_path / "ans"), "--judge", JUDGE,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "ans" / "report.json").read_text())
@@ -89,6 +91,26 @@ def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
     assert metrics["contains"] == 1.0 and metrics["not_found_accuracy"] == 1.0
     per_question = json.loads((tmp_path / "ans" / "runs" / "SmolLM2-135M-Instruct.json").read_text())
     assert [r["id"] for r in per_question] == ["w", "x"]
+    # The judge (the 135M itself: too small to grade well, but a real model's reply) graded the
+    # answerable question, and its grade is what judge_accuracy reports.
+    graded, unanswerable = per_question
+    assert graded["judge_reply"].strip() and graded["judge"] in (True, False)
+    assert metrics["judge_accuracy"] == float(graded["judge"]) and metrics["judge_unclear"] == 0
+    assert "judge" not in unanswerable and report["runs"][0]["judge"] == JUDGE
+    assert f"judge_accuracy graded by {JUDGE}" in (tmp_path / "ans" / "report.md").read_text()
+
+
+def test_a_judge_that_cannot_be_reached_stops_the_run_before_any_answer(run, tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "1", "question": "Why?", "answers": ["because"]}) + "\n")
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    result = run(
+        "eval", "answers", "--qa", str(qa), "--out", str(tmp_path / "ans"),
+        "--judge", "grader", "--judge-base-url", down, RAG_LLM__MAX_RETRIES="0",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "--judge: judge 'grader': cannot reach the LLM server" in " ".join(result.output.split())
+    assert not (tmp_path / "ans").exists(), "nothing was answered, so nothing was written"
 
 
 def test_no_base_runs_only_the_adapters(run, isolated: Path, tmp_path: Path) -> None:
