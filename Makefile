@@ -77,6 +77,7 @@ bench: setup
 	$(PIP) -r bench/requirements.txt
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/dense_index.py
 
 # Reproduces the retrieval table: dense / bm25 / hybrid, whole-document and chunked, beside the
 # published numbers.  `make eval DATASET=../shared/data/beir/nfcorpus` for another BEIR folder.

@@ -65,9 +65,10 @@ def eval_kb_name(dataset: BeirDataset, settings: Settings) -> str:
     from ingest.chunking import chunker_fingerprint
 
     e = settings.embed
-    key = json.dumps(
-        [dataset.corpus_digest(), e.model, e.normalize, e.passage_prefix, chunker_fingerprint(settings.chunk)]
-    )
+    parts = [dataset.corpus_digest(), e.model, e.normalize, e.passage_prefix, chunker_fingerprint(settings.chunk)]
+    if settings.ingest.dense_index == "hnsw":  # its own base, so flat and HNSW can be compared side by side
+        parts.append("hnsw")
+    key = json.dumps(parts)
     return f"eval-{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 

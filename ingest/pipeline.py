@@ -54,6 +54,7 @@ class IngestReport:
     generation: int = 0
     interrupted: bool = False
     reindexed: bool = False  # the keyword index was rebuilt for this version's BM25 windows
+    dense_converted: str | None = None  # the dense index was rebuilt as this kind (ingest.dense_index)
     problems: list[Problem] = field(default_factory=list)
     # Files found in the folders given but in formats no loader reads, by extension: not failures
     # (a folder of papers holds images too), but a user looking for their .doc files is told.
@@ -182,8 +183,9 @@ class IngestPipeline:
         files, roots, problems, report.unsupported = discover(paths, pattern, self.settings.ingest.include_hidden)
         progress.files_total(len(files))
         known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
-        with KBWriter(self.kb) as writer:
+        with KBWriter(self.kb, self.settings.ingest.dense_index) as writer:
             report.reindexed = writer.reindex and bool(known)  # a new base is indexed, not re-indexed
+            report.dense_converted = writer.dense_kind if writer.convert and known else None
             run = _Run(self, writer, report, progress)
             for problem in problems:  # paths that do not exist: reported, not recorded
                 run.report_problem(problem)

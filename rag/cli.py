@@ -150,6 +150,8 @@ def _print_report(name: str, report) -> None:
         out.print("nothing new: every file is already in the knowledge base.")
     if report.reindexed and not report.interrupted:
         out.print("rebuilt the keyword (BM25) index from the stored chunks for this version of rag.")
+    if report.dense_converted and not report.interrupted:
+        out.print(f"converted the vector index to {report.dense_converted} (ingest.dense_index).")
     if report.problems:
         out.print(f"[red]{len(report.problems)} file(s) not ingested[/] (see `rag kb show {name}`).")
     if report.unsupported:
@@ -337,7 +339,8 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
         out.print(f"[bold]{name}[/]  {base.root}")
         out.print(
             f"model {meta['embed_model']} (dim {meta['embed_dim']}) | {len(docs)} documents | "
-            f"{base.chunk_count()} chunks | {_human(base.size_on_disk())} | generation {meta['generation']}",
+            f"{base.chunk_count()} chunks | {meta.get('dense_index', 'flat')} index | {_human(base.size_on_disk())} | "
+            f"generation {meta['generation']}",
             highlight=False,
         )
         table = Table("document", "status", "pages", "chunks", "size")

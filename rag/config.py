@@ -67,6 +67,12 @@ class IngestSettings(_Section):
     )
     max_file_mb: float = Field(200.0, gt=0, description="files larger than this are refused")
     include_hidden: bool = Field(False, description="also ingest dot-files and dot-folders")
+    dense_index: Literal["flat", "hnsw"] | None = Field(
+        None,
+        description="FAISS index of the vectors: flat (exact; fast enough to ~1M chunks) or hnsw (approximate, "
+        "for larger bases); unset: a new base is flat and an existing one keeps its kind. Set on an existing "
+        "base, its next ingest converts it",
+    )
 
 
 class RetrieveSettings(_Section):
@@ -81,6 +87,9 @@ class RetrieveSettings(_Section):
         description="normalized-score fusion (min-max onto [0, 1], or z-score) or reciprocal-rank fusion",
     )
     rrf_k: int = Field(60, ge=1, description="the k in 1/(k + rank)")
+    hnsw_ef_search: int = Field(
+        128, ge=1, description="hnsw bases: vectors explored per query (higher: closer to exact, slower)"
+    )
     dense_weight: float = Field(1.0, ge=0)
     bm25_weight: float = Field(1.0, ge=0)
     dense_weight_zh: float | None = Field(

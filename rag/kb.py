@@ -3,7 +3,8 @@
 Layout of ``<data_dir>/kb/<name>/``:
 
 - ``kb.sqlite`` (WAL): ``documents``, ``chunks`` (chunk_id = FAISS id), ``meta``.
-- ``dense-<G>.faiss``: ``IndexIDMap2`` over an inner-product index, for generation G.
+- ``dense-<G>.faiss``: ``IndexIDMap2`` over an inner-product index, for generation G: flat
+  (exact, the default) or HNSW (approximate, for bases past ~1M chunks; ``meta.dense_index``).
 - ``bm25-<G>/``: a bm25s index (each chunk with its neighbours, see BM25_WINDOW) plus
   ``ids.npy`` (row -> chunk_id), for generation G.
 - ``write.lock``: held by the one process writing.
@@ -48,6 +49,19 @@ SCHEMA_VERSION = 1
 # whatever token lists it is given.  Stored in meta; a base indexed otherwise is re-indexed
 # from its stored tokens by the next writer.
 BM25_WINDOW = 1
+
+DENSE_KINDS = ("flat", "hnsw")
+# HNSW graph: links per vector and the breadth of the search while building it. FAISS's usual
+# values for sentence embeddings; the search breadth per query is retrieve.hnsw_ef_search.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+# HNSW cannot delete from its graph. A removed chunk's vector stays in it (where it still helps
+# the walk) under the label DEAD, which every search excludes (LIVE_IDS); a commit that finds a
+# fifth of the graph dead rebuilds it. So removing a document from a large HNSW base costs no
+# rebuild (measured in bench/dense_index.py).
+DEAD = -1
+LIVE_IDS = (0, 2**62)
+COMPACT_AT = 0.2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -331,19 +345,71 @@ def dense_path(root: Path, gen: int) -> Path:
     return root / f"dense-{gen}.faiss"
 
 
-def read_dense(root: Path, gen: int, dim: int):
+def read_dense(root: Path, gen: int, dim: int, kind: str = "flat"):
     import faiss
 
     if gen == 0:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        return new_dense(dim, kind)
     return faiss.read_index(str(dense_path(root, gen)))
+
+
+def new_dense(dim: int, kind: str):
+    """An empty index of `kind` ("flat" or "hnsw") whose ids are chunk ids."""
+    import faiss
+
+    if kind not in DENSE_KINDS:
+        raise KBError(f"unknown dense index {kind!r}; use one of {', '.join(DENSE_KINDS)}")
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    return faiss.IndexIDMap2(inner)
+
+
+def dense_kind(index: Any) -> str:
+    import faiss
+
+    return "hnsw" if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) else "flat"
+
+
+def rebuild_dense(index: Any, kind: str):
+    """The live vectors in a fresh index of `kind` (converting a base, or compacting an HNSW graph)."""
+    import faiss
+
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    vectors = index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
+    keep = ids != DEAD
+    fresh = new_dense(index.d, kind)
+    if keep.any():
+        fresh.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+    return fresh
+
+
+def bury(index: Any, ids: np.ndarray) -> None:
+    """Remove `ids` from an HNSW index by relabelling their vectors DEAD (see DEAD)."""
+    import faiss
+
+    labels = faiss.vector_to_array(index.id_map)
+    labels[np.isin(labels, ids)] = DEAD
+    faiss.copy_array_to_vector(labels, index.id_map)
+    index.construct_rev_map()
+
+
+def dead_count(index: Any) -> int:
+    import faiss
+
+    return int(np.count_nonzero(faiss.vector_to_array(index.id_map) == DEAD)) if index.ntotal else 0
 
 
 class KBWriter:
     """The one writer of a base: stages changes in an open SQLite transaction and commits them
     together with freshly written index files (see the module docstring)."""
 
-    def __init__(self, kb: KnowledgeBase) -> None:
+    def __init__(self, kb: KnowledgeBase, dense_index: str | None = None) -> None:
+        """`dense_index`: the index kind this base should have from the next commit on; None keeps
+        the base's (a new base: flat)."""
+        if dense_index not in (None, *DENSE_KINDS):  # before taking the lock, which a raise would keep
+            raise KBError(f"unknown dense index {dense_index!r}; use one of {', '.join(DENSE_KINDS)}")
         self.kb = kb
         self._lock_fh = open(kb.root / "write.lock", "a+")  # noqa: SIM115 - held until close()
         try:
@@ -366,13 +432,17 @@ class KBWriter:
         # A base whose BM25 index was built another way (an older version) is re-indexed by the
         # next commit, even one with nothing else to do: re-running an ingest upgrades it.
         self.reindex = kb.meta().get("bm25_window") != BM25_WINDOW
+        recorded = kb.meta().get("dense_index", "flat")
+        self.dense_kind = dense_index or recorded
+        self.convert = self.dense_kind != recorded  # the next commit rebuilds the index as asked
 
     @property
     def index(self):
         """The writer's private copy of the dense index, read on first use: a run that changes
         nothing never pays for loading a large index."""
         if self._index is None:
-            self._index = read_dense(self.kb.root, self.generation, self.dim)
+            index = read_dense(self.kb.root, self.generation, self.dim, self.dense_kind)
+            self._index = index if dense_kind(index) == self.dense_kind else rebuild_dense(index, self.dense_kind)
         return self._index
 
     # ---- staging (inside one open transaction) ----------------------------------------------
@@ -466,7 +536,10 @@ class KBWriter:
                     dtype=np.int64,
                 )
                 if len(ids):
-                    self.index.remove_ids(ids)
+                    if self.dense_kind == "hnsw":
+                        bury(self.index, ids)
+                    else:
+                        self.index.remove_ids(ids)
                     self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
                     removed += len(ids)
             self.conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
@@ -485,13 +558,14 @@ class KBWriter:
     # ---- committing ----------------------------------------------------------------------
     def commit(self) -> int:
         """Make everything staged since the last commit durable and visible, as one generation."""
-        if not self.dirty and not self.reindex:
+        if not self.dirty and not self.reindex and not self.convert:
             return self.generation
         gen = self.generation + 1
         try:
             self._begin()
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('bm25_window', ?)", (json.dumps(BM25_WINDOW),)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [("bm25_window", json.dumps(BM25_WINDOW)), ("dense_index", json.dumps(self.dense_kind))],
             )
             self._write_dense(gen)
             self._write_bm25(gen)
@@ -503,6 +577,7 @@ class KBWriter:
         self.generation = gen
         self.dirty = False
         self.reindex = False
+        self.convert = False
         self._retire_old(gen)
         return gen
 
@@ -515,6 +590,8 @@ class KBWriter:
     def _write_dense(self, gen: int) -> None:
         import faiss
 
+        if self.dense_kind == "hnsw" and dead_count(self.index) > COMPACT_AT * self.index.ntotal:
+            self._index = rebuild_dense(self.index, "hnsw")
         final = dense_path(self.kb.root, gen)
         tmp = final.with_name(final.name + ".tmp")
         faiss.write_index(self.index, str(tmp))

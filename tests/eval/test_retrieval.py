@@ -51,6 +51,10 @@ def test_kb_name_depends_on_what_changes_the_vectors_only(tmp_path: Path, settin
     assert eval_kb_name(ds, hybrid_rrf) == base
     assert eval_kb_name(ds, whole) != base
     assert base.startswith("eval-mini-")
+    # flat and HNSW bases of one corpus coexist, so the two can be compared in one report
+    hnsw = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"dense_index": "hnsw"})})
+    flat = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"dense_index": "flat"})})
+    assert eval_kb_name(ds, hnsw) != base and eval_kb_name(ds, flat) == base
 
 
 @pytest.mark.slow

@@ -240,6 +240,20 @@ def test_hidden_files_and_unsupported_formats_are_skipped_in_folders(settings, e
     assert ingest(settings, embedder, corpus, pattern="*.pdf").unsupported == {}, "--glob chose the files"
 
 
+def test_an_hnsw_base_follows_its_folder_like_a_flat_one(settings, embedder, corpus: Path) -> None:
+    hnsw = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"dense_index": "hnsw"})})
+    assert ingest(hnsw, embedder, corpus).added == 8
+    (corpus / "notes.txt").write_text("The pump must be primed with water before its first start.")
+    (corpus / "guide.md").unlink()
+    report = ingest(settings, embedder, corpus, sync=True)  # unset: the base keeps its kind
+    assert (report.updated, report.removed) == (1, 1)
+    with open_kb(settings) as kb:
+        assert kb.meta()["dense_index"] == "hnsw"
+        assert_consistent(kb)  # the replaced and removed chunks left the graph too
+        top = search(kb, embedder, "How do I prime the pump?")[0]
+        assert Path(top.source).name == "notes.txt" and "primed with water" in top.text
+
+
 def test_changing_chunk_settings_rechunks_on_the_next_run(settings, embedder, corpus: Path) -> None:
     ingest(settings, embedder, corpus)
     smaller = settings.model_copy(update={"chunk": settings.chunk.model_copy(update={"size": 20, "overlap": 0})})

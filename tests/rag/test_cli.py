@@ -50,8 +50,12 @@ def test_ingest_the_samples_then_rerun(run, docs: Path, isolated: Path) -> None:
     assert upgraded.exit_code == 0 and "rebuilt the keyword (BM25) index" in upgraded.output
     assert "nothing new" in upgraded.output
 
+    converted = run("ingest", str(docs), "--kb", "sample", RAG_INGEST__DENSE_INDEX="hnsw")
+    assert converted.exit_code == 0 and "converted the vector index to hnsw" in converted.output
+    assert "converted" not in run("ingest", str(docs), "--kb", "sample").output, "the base keeps its new kind"
+
     show = run("kb", "show", "sample")
-    assert show.exit_code == 0
+    assert show.exit_code == 0 and "hnsw index" in show.output
     for name in ["helios-h10-warranty.pdf", "helios-h10-manual.md", "faq.txt", "support.html", "海川储能电池说明.md"]:
         assert name in show.output
     assert "all-MiniLM-L6-v2" in show.output and "5 documents" in show.output

@@ -137,3 +137,70 @@ def test_a_chunk_is_found_by_a_word_in_its_neighbour_and_an_old_index_is_upgrade
         assert_consistent(kb)
     with KnowledgeBase.open(tmp_path / "kb") as kb, KBWriter(kb) as w:
         assert w.commit() == 2, "an up-to-date base with nothing staged is not rewritten"
+
+
+def _stored_vectors(kb: KnowledgeBase) -> dict[int, np.ndarray]:
+    import faiss
+
+    from rag.kb import DEAD
+
+    index = kb.dense_index()
+    ids = faiss.vector_to_array(index.id_map)
+    return {int(i): index.reconstruct(int(i)) for i in ids if i != DEAD}
+
+
+def test_an_hnsw_base_removes_by_label_then_compacts_and_keeps_every_other_vector(tmp_path: Path) -> None:
+    # HNSW cannot delete from its graph: a removed chunk's vector is relabelled dead (no rebuild,
+    # never returned), and the graph is rebuilt once a fifth of it is dead.
+    from rag.kb import dead_count, dense_kind
+
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb:
+        with KBWriter(kb, "hnsw") as w:
+            for name, n in [("/a", 1), ("/b", 2), ("/c", 7)]:
+                chunks = [chunk(f"{name} {i}", i) for i in range(n)]
+                w.put_document(path=name, status="ok", chunks=chunks, vectors=vectors(n))
+            w.commit()
+        before = _stored_vectors(kb)
+        assert dense_kind(kb.dense_index()) == "hnsw" and kb.meta()["dense_index"] == "hnsw"
+        a = kb.document_by_path("/a")
+        [gone] = kb.document_chunk_ids(a.doc_id)
+        with KBWriter(kb) as w:  # no kind asked: the base keeps its own
+            w.remove_documents([a.doc_id])
+            w.commit()
+        index = kb.dense_index()
+        assert (index.ntotal, dead_count(index)) == (10, 1), "one dead vector of ten: no rebuild"
+        assert_consistent(kb)
+        _, found = index.search(before[gone][None, :], 10)
+        assert gone not in found[0]
+        with KBWriter(kb) as w:
+            w.remove_documents([kb.document_by_path("/b").doc_id])
+            w.commit()
+        index = kb.dense_index()
+        assert (index.ntotal, dead_count(index)) == (7, 0), "three dead of ten: rebuilt without them"
+        assert_consistent(kb)
+        after = _stored_vectors(kb)
+        assert len(after) == 7 and all(np.array_equal(after[i], before[i]) for i in after)
+
+
+def test_a_base_changes_index_kind_only_when_asked_and_keeps_its_vectors(tmp_path: Path) -> None:
+    from rag.kb import dense_kind
+
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb:
+        with KBWriter(kb) as w:
+            w.put_document(path="/a", status="ok", chunks=[chunk("a", 0), chunk("b", 1)], vectors=vectors(2))
+            w.commit()
+        flat = _stored_vectors(kb)
+        assert dense_kind(kb.dense_index()) == "flat"
+        with KBWriter(kb, "hnsw") as w:  # nothing else to do, yet the commit converts it
+            assert w.commit() == 2
+        assert dense_kind(kb.dense_index()) == "hnsw"
+        converted = _stored_vectors(kb)
+        assert converted.keys() == flat.keys() and all(np.array_equal(converted[i], flat[i]) for i in flat)
+        with KBWriter(kb) as w:
+            assert w.commit() == 2, "a writer that is not asked leaves the kind alone (and commits nothing)"
+        with KBWriter(kb, "flat") as w:
+            w.commit()
+        assert dense_kind(kb.dense_index()) == "flat" and _stored_vectors(kb).keys() == flat.keys()
+        with pytest.raises(KBError, match="unknown dense index 'ivf'"):
+            KBWriter(kb, "ivf")
+        KBWriter(kb).close()  # and the refusal left the base unlocked

@@ -7,12 +7,14 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.config import RetrieveSettings
-from rag.kb import KnowledgeBase
+from rag.kb import KBWriter, KnowledgeBase, dead_count
 from rag.retrieve import Filters, Retriever, fuse
+from rag.types import Chunk
 from tests.conftest import qa_settings, shared_path
 
 N_QUERIES = 12
@@ -193,3 +195,50 @@ def test_langchain_retriever_returns_documents_with_citation_metadata(sample_kb_
         top = docs[0]
         assert top.metadata["source"].endswith("helios-h10-warranty.pdf") and top.metadata["page"] == 2
         assert "ten years" in top.page_content and top.metadata["chunk_id"] > 0
+
+
+def _random_base(root: Path, embedder, kind: str, docs: int = 400, per_doc: int = 5) -> KnowledgeBase:
+    """`docs` documents of random unit vectors under the real embedder's name, as `kind`."""
+
+    rng = np.random.default_rng(3)
+    kb = KnowledgeBase.create(root, embedder.identity)
+    with KBWriter(kb, kind) as writer:
+        for d in range(docs):
+            vecs = rng.standard_normal((per_doc, embedder.identity.dimension)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            chunks = [Chunk(f"doc {d} part {i}", f"/docs/{d}.txt", None, i, 0, 1, {}) for i in range(per_doc)]
+            writer.put_document(path=f"/docs/{d}.txt", status="ok", chunks=chunks, vectors=vecs)
+        writer.commit()
+    return kb
+
+
+def test_an_hnsw_base_ranks_as_the_flat_one_and_filters_exactly(tmp_path: Path, embedder) -> None:
+    flat = _random_base(tmp_path / "flat", embedder, "flat")
+    hnsw = _random_base(tmp_path / "hnsw", embedder, "hnsw")
+    queries = np.random.default_rng(4).standard_normal((10, embedder.identity.dimension)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def ranking(kb: KnowledgeBase, q: np.ndarray, filters: Filters | None = None, **settings) -> list[int]:
+        retriever = Retriever(kb, embedder, RetrieveSettings(**settings))
+        hits = retriever.search("q", mode="dense", top_k=10, query_vector=q, filters=filters).hits
+        return [h.chunk.chunk_id for h in hits]
+
+    # Searched as broadly as the base is large, the graph finds exactly what the flat index does.
+    for q in queries:
+        assert ranking(hnsw, q, hnsw_ef_search=2000) == ranking(flat, q)
+    # Few allowed documents: a filtered walk of the graph meets few of them, so they are scored
+    # one by one, and the answer is the flat index's.
+    few = Filters(doc_ids=[5, 50, 250])
+    for q in queries:
+        assert ranking(hnsw, q, few) == ranking(flat, q, few)
+        assert len(ranking(hnsw, q, few)) == 10
+    # Removed documents stay in the graph, labelled dead; a search never spends a place on them.
+    for kb in (flat, hnsw):
+        with KBWriter(kb) as writer:
+            writer.remove_documents(list(range(1, 41)))
+            writer.commit()
+    assert dead_count(hnsw.dense_index()) == 200
+    for q in queries:  # 10 candidates, so a dead vector among them would leave a hole
+        assert ranking(hnsw, q, hnsw_ef_search=2000, candidates=10) == ranking(flat, q, candidates=10)
+    flat.close()
+    hnsw.close()
