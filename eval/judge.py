@@ -59,9 +59,9 @@ def verdict(reply: str) -> bool | None:
         return first.group() in _YES
     # "The candidate answer is correct." Only the first sentence, and a negation wins.
     words = set(re.findall(r"[a-z]+", re.split(r"[.!?\n]", text, maxsplit=1)[0]))
-    if words & {"no", "not", "incorrect", "wrong", "false"}:
+    if words & set(_NO):
         return False
-    if words & {"yes", "correct", "right", "true"}:
+    if words & set(_YES):
         return True
     return None
 
