@@ -357,13 +357,17 @@ def new_dense(dim: int, kind: str):
     """An empty index of `kind` ("flat" or "hnsw") whose ids are chunk ids."""
     import faiss
 
-    if kind not in DENSE_KINDS:
-        raise KBError(f"unknown dense index {kind!r}; use one of {', '.join(DENSE_KINDS)}")
+    _check_dense_kind(kind)
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     return faiss.IndexIDMap2(inner)
+
+
+def _check_dense_kind(kind: str) -> None:
+    if kind not in DENSE_KINDS:
+        raise KBError(f"unknown dense index {kind!r}; use one of {', '.join(DENSE_KINDS)}")
 
 
 def dense_kind(index: Any) -> str:
@@ -408,8 +412,8 @@ class KBWriter:
     def __init__(self, kb: KnowledgeBase, dense_index: str | None = None) -> None:
         """`dense_index`: the index kind this base should have from the next commit on; None keeps
         the base's (a new base: flat)."""
-        if dense_index not in (None, *DENSE_KINDS):  # before taking the lock, which a raise would keep
-            raise KBError(f"unknown dense index {dense_index!r}; use one of {', '.join(DENSE_KINDS)}")
+        if dense_index is not None:  # checked before taking the lock, which a raise would keep
+            _check_dense_kind(dense_index)
         self.kb = kb
         self._lock_fh = open(kb.root / "write.lock", "a+")  # noqa: SIM115 - held until close()
         try:
@@ -523,7 +527,7 @@ class KBWriter:
         """Remove documents and their vectors; a duplicate of a removed document inherits its
         chunks, so content stored once stays while any path still holds it. Returns chunks removed."""
         self._begin()
-        removed = 0
+        removed: list[np.ndarray] = []
         for doc_id in doc_ids:
             heir = self.conn.execute(
                 "SELECT doc_id FROM documents WHERE content_of = ? ORDER BY doc_id LIMIT 1", (doc_id,)
@@ -536,14 +540,16 @@ class KBWriter:
                     dtype=np.int64,
                 )
                 if len(ids):
-                    if self.dense_kind == "hnsw":
-                        bury(self.index, ids)
-                    else:
-                        self.index.remove_ids(ids)
                     self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
-                    removed += len(ids)
+                    removed.append(ids)
             self.conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
-        return removed
+        if removed:  # once for all the documents: relabelling an HNSW id map costs O(size of the base)
+            ids = np.concatenate(removed)
+            if self.dense_kind == "hnsw":
+                bury(self.index, ids)
+            else:
+                self.index.remove_ids(ids)
+        return sum(len(ids) for ids in removed)
 
     def _promote(self, doc_id: int, heir: int) -> None:
         self.conn.execute("UPDATE chunks SET doc_id = ? WHERE doc_id = ?", (heir, doc_id))
