@@ -78,6 +78,7 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/dense_index.py
+	$(BIN)/python bench/chunking.py
 
 # Reproduces the retrieval table: dense / bm25 / hybrid, whole-document and chunked, beside the
 # published numbers.  `make eval DATASET=../shared/data/beir/nfcorpus` for another BEIR folder.

@@ -1,9 +1,23 @@
 """Pages -> chunks: recursive splitting on English and Chinese boundaries, sized in the
-embedding model's own tokens so no chunk is silently truncated by the embedder."""
+embedding model's own tokens so no chunk is silently truncated by the embedder.
+
+The splitter is hand-written.  It was langchain's ``RecursiveCharacterTextSplitter`` with the
+tokenizer as its length function, which tokenizes every split on its own: once per word at the
+" " level and once per character at the "" level.  On text without separators that is millions
+of tokenizer calls (3 MB without spaces took 6 minutes, a 30 MB single-line file 9).  This module
+runs the same algorithm (same separators in the same order, separator kept at the end of its split,
+"good split" below `size`, langchain's merge and overlap rules, whitespace stripped) on character
+spans of the page, with token counts taken from one pass over the page, so its time is linear in
+the text.  With a WordPiece (BERT) tokenizer, the default, its chunks are the ones langchain made
+(tests/ingest/test_chunking.py compares them on real documents), so CHUNKER_VERSION stands.
+"""
 
 from __future__ import annotations
 
-from langchain_text_splitters import RecursiveCharacterTextSplitter
+import re
+from collections.abc import Callable, Iterator
+
+import numpy as np
 
 from rag.config import ChunkSettings
 from rag.types import Chunk, Page
@@ -12,6 +26,24 @@ from rag.types import Chunk, Page
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 
 CHUNKER_VERSION = "recursive-v1"
+
+Progress = Callable[[int, int], None]
+
+# Token counts come from "units": runs of text up to and including one of the separators' last
+# characters, plus the whitespace after it.  Every cut above the character level falls right after
+# such a character, so on a unit boundary or inside a unit's trailing whitespace; and WordPiece
+# tokenizes text cut at whitespace or punctuation piece by piece.  So a split's count is the sum of
+# its units' counts, each unit tokenized alone: what langchain measured, at a dictionary look-up per
+# unit once a file's vocabulary has been seen.
+_BREAKS = re.escape("".join(sorted({sep[-1] for sep in SEPARATORS if sep})))
+_UNIT = re.compile(rf"[^{_BREAKS}]+[ \t\n\r]*|[{_BREAKS}][ \t\n\r]*")
+_BREAK = re.compile(rf"[{_BREAKS}]")
+_BLOCK = 1 << 20  # characters per pass of the unit regex and per numpy scan: bounds memory
+_CACHE_MAX_LEN = 64  # longer units (Chinese clauses, blobs) rarely repeat: not memoized
+_CACHE_MAX_ITEMS = 500_000
+_CHECK_BATCH = 512  # chunks re-tokenized per tokenizer call by the limit check
+_PROGRESS_STEP = 1 << 20  # characters between progress calls
+_UNICODE = 0x110000
 
 
 def chunker_fingerprint(settings: ChunkSettings) -> str:
@@ -31,22 +63,20 @@ class Chunker:
         self.settings = settings
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.splitter = RecursiveCharacterTextSplitter(
-            chunk_size=settings.size,
-            chunk_overlap=settings.overlap,
-            length_function=self.count_tokens,
-            separators=SEPARATORS,
-            keep_separator="end",
-            strip_whitespace=True,
-        )
+        self.wordpiece = _is_wordpiece(tokenizer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
-    def split_pages(self, pages: list[Page]) -> list[Chunk]:
+    def split_pages(self, pages: list[Page], progress: Progress | None = None) -> list[Chunk]:
+        """Chunks of all pages, numbered in order.  `progress(done, total)`, in characters over all
+        pages, is called about every megabyte and once at the end, so a large file shows movement."""
+        reporter = _Reporter(progress, sum(len(p.text) for p in pages))
+        counter = _TokenCounter(self.tokenizer, self.wordpiece)  # one memo per file: its pages share words
         chunks: list[Chunk] = []
+        offset = 0
         for page in pages:
-            for start, piece in self._split_with_offsets(page.text):
+            for start, piece in self._split_with_offsets(page.text, counter, reporter.after(offset)):
                 chunks.append(
                     Chunk(
                         text=piece,
@@ -58,35 +88,329 @@ class Chunker:
                         metadata=dict(page.metadata),
                     )
                 )
+            offset += len(page.text)
+            reporter(offset)
+        reporter.finish()
         return chunks
 
-    def _split_with_offsets(self, text: str) -> list[tuple[int, str]]:
+    def _split_with_offsets(
+        self, text: str, counter: _TokenCounter | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[tuple[int, str]]:
         if self.settings.method == "page":
             start = len(text) - len(text.lstrip())
             piece = text.strip()
             return [(start, piece)] if piece else []
-        # Chunks come in order and each starts after the previous one's start (overlap only
-        # reaches back), so searching from there finds each chunk's own span.
-        out: list[tuple[int, str]] = []
-        prev = -1
-        for piece in self.splitter.split_text(text):
-            for part in self._enforce_limit(piece):
-                found = text.find(part, prev + 1)
-                start = found if found >= 0 else max(prev + 1, 0)
-                out.append((start, part))
-                prev = start
-        return [(s, p) for s, p in out if p.strip()]
+        counter = counter or _TokenCounter(self.tokenizer, self.wordpiece)
+        pieces = _PageSplit(text, self.settings, self.max_tokens, counter, progress).run()
+        return self._enforce_limit(pieces, counter, progress)
 
-    def _enforce_limit(self, piece: str) -> list[str]:
-        """The splitter adds up token counts of parts; a joined text can tokenize longer.  Cut any
-        chunk still over the model's limit at token boundaries so nothing is truncated unseen."""
-        if self.count_tokens(piece) <= self.max_tokens:
-            return [piece]
-        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = enc["offset_mapping"]
+    def _enforce_limit(
+        self, pieces: list[tuple[int, str, bool]], counter: _TokenCounter, progress: Callable[[int], None] | None
+    ) -> list[tuple[int, str]]:
+        """The splitter adds up counts of parts; a joined text can tokenize longer (characters
+        counted one by one, or a tokenizer whose counts are estimates).  Re-tokenize each chunk not
+        known to fit, a batch per call, and cut any over the model's limit at token boundaries, so
+        nothing is truncated unseen.  `pieces` are (start, text, known_to_fit)."""
+        cuts: dict[int, list[tuple[int, str]]] = {}
+        unsure = [k for k, (_, _, fits) in enumerate(pieces) if not fits]
+        for first in range(0, len(unsure), _CHECK_BATCH):
+            batch = unsure[first : first + _CHECK_BATCH]
+            starts, bounds = counter.token_starts([pieces[k][1] for k in batch])
+            for i in np.flatnonzero(np.diff(bounds) > self.max_tokens).tolist():
+                start, piece, _ = pieces[batch[i]]
+                cuts[batch[i]] = self._cut(start, piece, starts[bounds[i] : bounds[i + 1]].tolist())
+            if progress is not None:
+                progress(pieces[batch[-1]][0])
+        out: list[tuple[int, str]] = []
+        for k, (start, piece, _) in enumerate(pieces):
+            out.extend(cuts.get(k, [(start, piece)]))
+        return out
+
+    def _cut(self, start: int, piece: str, token_starts: list[int]) -> list[tuple[int, str]]:
+        """`piece` (at `start` in its page) in windows of max_tokens tokens, each stripped."""
         parts = []
-        for i in range(0, len(offsets), self.max_tokens):
-            window = offsets[i : i + self.max_tokens]
-            end = offsets[i + self.max_tokens][0] if i + self.max_tokens < len(offsets) else len(piece)
-            parts.append(piece[window[0][0] : end].strip())
-        return [p for p in parts if p]
+        for i in range(0, len(token_starts), self.max_tokens):
+            end = token_starts[i + self.max_tokens] if i + self.max_tokens < len(token_starts) else len(piece)
+            parts.extend(_stripped(piece, token_starts[i], end, start))
+        return parts
+
+
+def _is_wordpiece(tokenizer) -> bool:
+    """BERT WordPiece tokenizers tokenize text cut at whitespace or punctuation piece by piece, so
+    unit counts add up to exact span counts.  Others (SentencePiece, byte-level BPE) mark word
+    starts, so a unit counted alone can differ from the same words in context: their counts are
+    estimates, chunks can differ from langchain's, and every chunk is re-checked against the limit."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    return type(backend.pre_tokenizer).__name__ == "BertPreTokenizer" and type(backend.model).__name__ == "WordPiece"
+
+
+def _stripped(text: str, begin: int, end: int, offset: int = 0) -> list[tuple[int, str]]:
+    """text[begin:end] without surrounding whitespace, with its start (+ offset); [] if blank."""
+    piece = text[begin:end]
+    kept = piece.strip()
+    if not kept:
+        return []
+    return [(offset + begin + len(piece) - len(piece.lstrip()), kept)]
+
+
+class _Reporter:
+    """Forwards (done, total) to the caller's callback at most every _PROGRESS_STEP characters and
+    never backwards, so the splitter may call it as often as it likes."""
+
+    def __init__(self, callback: Progress | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        self.next = _PROGRESS_STEP
+
+    def __call__(self, done: int) -> None:
+        if self.callback is not None and done >= self.next:
+            self.done = min(done, self.total)
+            self.next = self.done + _PROGRESS_STEP
+            self.callback(self.done, self.total)
+
+    def after(self, offset: int) -> Callable[[int], None]:
+        """A callback for one page that starts `offset` characters into the file."""
+        return lambda done: self(offset + done)
+
+    def finish(self) -> None:
+        if self.callback is not None and self.total and self.done < self.total:
+            self.callback(self.total, self.total)
+
+
+class _TokenCounter:
+    """Token counts of strings, each tokenized alone as langchain's length function did, memoized:
+    a file's words and characters repeat, so most counts are dictionary look-ups and the tokenizer
+    sees each distinct short string once, in one call per batch."""
+
+    def __init__(self, tokenizer, wordpiece: bool) -> None:
+        self.tokenizer = tokenizer
+        self.wordpiece = wordpiece
+        self.known: dict[str, int] = {}
+        self._char_counts: np.ndarray | None = None  # by code point; -1: not seen yet
+        self._char_most: np.ndarray | None = None
+
+    def counts(self, pieces: list[str]) -> np.ndarray:
+        known = self.known
+        if len(known) > _CACHE_MAX_ITEMS:
+            known.clear()
+        new = list(set(pieces).difference(known))
+        if new:
+            known.update(zip(new, np.diff(self.token_starts(new)[1]).tolist(), strict=True))
+        out = np.fromiter(map(known.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+        for p in new:
+            if len(p) > _CACHE_MAX_LEN:
+                del known[p]
+        return out
+
+    def token_starts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each text tokenized alone: (starts, bounds), text k's tokens starting at offsets
+        starts[bounds[k]:bounds[k + 1]] of that text.  WordPiece gets the texts joined by newlines
+        in one call (it tokenizes whitespace-delimited pieces independently, and one long string
+        costs far less than thousands of short ones); other tokenizers get a batch call."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        if not self.wordpiece:
+            offsets = self._offsets(texts)
+            counts = np.fromiter(map(len, offsets), dtype=np.int64, count=len(texts))
+            starts = np.fromiter((a for row in offsets for a, _ in row), dtype=np.int64, count=int(counts.sum()))
+            return starts, np.concatenate(([0], np.cumsum(counts)))
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        text_starts = np.concatenate(([0], np.cumsum(lengths[:-1] + 1)))
+        (offsets,) = self._offsets(["\n".join(texts)])
+        joined = np.fromiter((a for a, _ in offsets), dtype=np.int64, count=len(offsets))
+        owner = np.searchsorted(text_starts, joined, side="right") - 1
+        counts = np.bincount(owner, minlength=len(texts))
+        return joined - text_starts[owner], np.concatenate(([0], np.cumsum(counts)))
+
+    def _offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        return self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )["offset_mapping"]
+
+    def char_counts(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per character of `text`: its count tokenized alone (langchain's "" level), and for
+        WordPiece the most tokens it can add inside a longer word, its normalized length (a word
+        piece covers at least one normalized character); None for other tokenizers."""
+        if self._char_counts is None:
+            self._char_counts = np.full(_UNICODE, -1, dtype=np.int32)
+            self._char_most = np.zeros(_UNICODE, dtype=np.int32)
+        counts = np.empty(len(text), dtype=np.int32)
+        most = np.empty(len(text), dtype=np.int32)
+        for begin in range(0, len(text), _BLOCK):
+            cp = _codepoints(text[begin : begin + _BLOCK])
+            self._learn_chars(np.unique(cp[self._char_counts[cp] < 0]))
+            counts[begin : begin + len(cp)] = self._char_counts[cp]
+            most[begin : begin + len(cp)] = self._char_most[cp]
+        return counts, most if self.wordpiece else None
+
+    def _learn_chars(self, codes: np.ndarray) -> None:
+        if not len(codes):
+            return
+        assert self._char_counts is not None and self._char_most is not None
+        chars = [chr(c) for c in codes.tolist()]
+        self._char_counts[codes] = self.counts(chars)
+        if self.wordpiece:
+            normalizer = self.tokenizer.backend_tokenizer.normalizer
+            norm = [normalizer.normalize_str(c) for c in chars] if normalizer is not None else chars
+            self._char_most[codes] = [sum(not x.isspace() for x in n) for n in norm]
+
+
+def _codepoints(text: str) -> np.ndarray:
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _separator_ends(text: str, sep: str, a: int, b: int) -> np.ndarray:
+    """Offsets just after each non-overlapping occurrence of `sep` in text[a:b], left to right:
+    where re.split, as langchain uses it, cuts.  One- and two-character separators are found
+    with numpy a block at a time; others (and "\\n\\n", whose matches may overlap) with re."""
+    if len(sep) > 2 or (len(sep) == 2 and sep[0] == sep[1]):
+        pattern = re.compile(re.escape(sep))
+        return np.fromiter((m.end() for m in pattern.finditer(text, a, b)), dtype=np.int64)
+    codes = [ord(c) for c in sep]
+    found = []
+    for begin in range(a, b, _BLOCK):
+        cp = _codepoints(text[begin : min(begin + _BLOCK + len(sep) - 1, b)])
+        if cp.dtype == np.uint8 and max(codes) > 0x7F:
+            continue
+        hit = cp == codes[0] if len(sep) == 1 else (cp[:-1] == codes[0]) & (cp[1:] == codes[1])
+        found.append(np.flatnonzero(hit) + (begin + len(sep)))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _windows(cum: np.ndarray, lo: int, end: int, size: int, overlap: int) -> Iterator[tuple[int, int]]:
+    """langchain's _merge_splits over splits lo..end-1 (each under `size` tokens), as windows
+    [first, last) of split indices; `cum[i]` is the tokens before split i.  langchain adds one
+    split at a time; here each window's end and the next window's start (dropping splits from
+    the front until the overlap and the next split fit) are binary searches on `cum`."""
+    find = cum.searchsorted  # the bound method: np.searchsorted's dispatch costs more than the search
+    while True:
+        nxt = int(find(cum[lo] + size, side="right")) - 1  # the first split that no longer fits
+        if nxt >= end:
+            yield lo, end
+            return
+        if lo < nxt:
+            yield lo, nxt
+        within_overlap = int(find(cum[nxt] - overlap))
+        next_fits = int(find(cum[nxt + 1] - size))
+        nothing_left = int(find(cum[nxt]))
+        lo = max(lo, within_overlap, min(next_fits, nothing_left))
+
+
+class _PageSplit:
+    """One page through the recursive splitter.  `run` returns (start, text, known_to_fit) per
+    chunk in page order: known_to_fit when the chunk's count is exact (so at most `size`), or
+    bounded by the model's limit."""
+
+    def __init__(
+        self,
+        text: str,
+        settings: ChunkSettings,
+        max_tokens: int,
+        counter: _TokenCounter,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.text = text
+        self.size = settings.size
+        self.overlap = settings.overlap
+        self.max_tokens = max_tokens
+        self.counter = counter
+        self.progress = progress
+        self.out: list[tuple[int, str, bool]] = []
+        self._unit_starts: np.ndarray | None = None
+        self._unit_cum: np.ndarray | None = None
+
+    def run(self) -> list[tuple[int, str, bool]]:
+        self._split(0, len(self.text), 0)
+        return self.out
+
+    def _split(self, a: int, b: int, level: int) -> None:
+        """langchain's _split_text on text[a:b] with SEPARATORS[level:]: cut after each occurrence
+        of the first separator present, merge runs of splits under `size` tokens, recurse into the
+        others with the separators after it."""
+        level = next(k for k in range(level, len(SEPARATORS)) if self.text.find(SEPARATORS[k], a, b) >= 0)
+        if not SEPARATORS[level]:
+            self._split_chars(a, b)
+            return
+        ends = _separator_ends(self.text, SEPARATORS[level], a, b)
+        bounds = np.concatenate((np.array([a]), ends, np.array([b] if ends[-1] < b else [], dtype=np.int64)))
+        cum = self._tokens_before(bounds)
+        lo = 0
+        for j in np.flatnonzero(np.diff(cum) >= self.size).tolist():
+            self._merge(bounds, cum, lo, j)
+            self._split(int(bounds[j]), int(bounds[j + 1]), level + 1)
+            lo = j + 1
+        self._merge(bounds, cum, lo, len(bounds) - 1)
+
+    def _merge(self, bounds: np.ndarray, cum: np.ndarray, lo: int, end: int) -> None:
+        """Splits lo..end-1 merged into chunks; their counts are exact for WordPiece."""
+        if lo < end:
+            for first, last in _windows(cum, lo, end, self.size, self.overlap):
+                self._emit(int(bounds[first]), int(bounds[last]), self.counter.wordpiece)
+
+    def _split_chars(self, a: int, b: int) -> None:
+        """The "" level: every character is a split, counted alone as langchain did.  A character
+        of `size` tokens or more is a chunk of its own.  A chunk is known to fit when its
+        characters' normalized lengths add up to at most the model's limit."""
+        per_char, most = self.counter.char_counts(self.text[a:b])
+        cum, cum_most = _cumulative(per_char), None if most is None else _cumulative(most)
+
+        def emit(first: int, last: int) -> None:
+            fits = cum_most is not None and int(cum_most[last] - cum_most[first]) <= self.max_tokens
+            self._emit(a + first, a + last, fits)
+
+        lo = 0
+        for j in [*np.flatnonzero(per_char >= self.size).tolist(), len(per_char)]:
+            if lo < j:
+                for first, last in _windows(cum, lo, j, self.size, self.overlap):
+                    emit(first, last)
+            if j < len(per_char):
+                emit(j, j + 1)
+            lo = j + 1
+
+    def _emit(self, start: int, end: int, fits: bool) -> None:
+        for begin, piece in _stripped(self.text, start, end):
+            self.out.append((begin, piece, fits))
+
+    def _tokens_before(self, positions: np.ndarray) -> np.ndarray:
+        """Tokens of the page before each position (a unit boundary or inside a unit's trailing
+        whitespace): the counts of the units that start before it."""
+        if self._unit_starts is None:
+            self._count_units()
+        assert self._unit_starts is not None and self._unit_cum is not None
+        return self._unit_cum[self._unit_starts.searchsorted(positions)]
+
+    def _count_units(self) -> None:
+        """Cut the page into units, a block of about _BLOCK characters at a time (each ending on a
+        unit boundary), and count each unit's tokens."""
+        text = self.text
+        starts, counts = [], []
+        begin = 0
+        while begin < len(text):
+            found = _BREAK.search(text, min(begin + _BLOCK, len(text)))
+            end = found.end() if found else len(text)
+            units = _UNIT.findall(text, begin, end)
+            lengths = np.fromiter(map(len, units), dtype=np.int64, count=len(units))
+            starts.append(np.cumsum(lengths) - lengths + begin)
+            counts.append(self.counter.counts(units))
+            begin = end
+            if self.progress is not None:
+                self.progress(end)
+        self._unit_starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        self._unit_cum = _cumulative(np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64))
+
+
+def _cumulative(counts: np.ndarray) -> np.ndarray:
+    """[0, c0, c0 + c1, ...]: the total before each index."""
+    cum = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=cum[1:])
+    return cum

@@ -1,15 +1,23 @@
-"""Chunks never exceed what the embedder reads, respect sentence ends in both languages, and
-point back to the exact span of their page."""
+"""Chunks never exceed what the embedder reads, respect sentence ends in both languages, point
+back to the exact span of their page, are the chunks langchain's splitter made before this one
+replaced it, and come in time linear in the text (counted in tokenizer calls, not seconds)."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import random
+import string
+from pathlib import Path
 
 import pytest
+from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ingest.chunking import Chunker
+from ingest.chunking import SEPARATORS, Chunker
+from ingest.loaders import LoadError, load_file
 from rag.config import ChunkSettings
 from rag.types import Page
+from tests.conftest import SAMPLES, shared_path
 from tests.fixtures.documents import CHINESE_TEXT
 
 ENGLISH = (
@@ -86,3 +94,244 @@ def test_one_unbreakable_token_run_is_still_cut_below_the_limit(embedder) -> Non
 
 def test_whitespace_only_page_gives_no_chunks(embedder) -> None:
     assert make(embedder, 64).split_pages([Page(" \n\n \t ", "blank.txt")]) == []
+
+
+# ---- the same chunks as langchain's splitter, which this chunker replaced --------------------
+LANGCHAIN_SETTINGS = [(250, 32), (64, 16), (32, 0)]
+WORDS = sorted({w.strip(".,").lower() for w in ENGLISH.split()})
+HANZI = "".join(sorted({c for c in CHINESE_TEXT if "\u4e00" <= c <= "\u9fff"}))  # CJK ideographs only
+
+
+def english_prose(rng: random.Random, paragraphs: int) -> str:
+    def sentence() -> str:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 28))]
+        for i in range(2, len(words) - 1, rng.randint(4, 9)):
+            words[i] += ","
+        return " ".join(words).capitalize() + rng.choice(".....!?;")
+
+    return "\n\n".join(" ".join(sentence() for _ in range(rng.randint(1, 12))) for _ in range(paragraphs))
+
+
+def chinese_prose(rng: random.Random, paragraphs: int) -> str:
+    def sentence() -> str:
+        clauses = ["".join(rng.choice(HANZI) for _ in range(rng.randint(3, 30))) for _ in range(rng.randint(1, 4))]
+        return "，".join(clauses) + rng.choice("。。。。！？；")
+
+    return "\n\n".join("".join(sentence() for _ in range(rng.randint(1, 14))) for _ in range(paragraphs))
+
+
+def markdown(rng: random.Random, sections: int) -> str:
+    parts = []
+    for n in range(sections):
+        items = "\n".join(f"- {english_prose(rng, 1)[: rng.randint(10, 200)]}" for _ in range(rng.randint(2, 9)))
+        parts.append(f"## Section {n}\n\n{english_prose(rng, rng.randint(1, 3))}\n\n{items}\n\n{chinese_prose(rng, 1)}")
+    return "# Manual\n\n" + "\n\n".join(parts)
+
+
+def csv_rows(rng: random.Random, rows: int) -> str:
+    def cell() -> str:
+        return rng.choice(
+            [str(rng.randint(0, 10**6)), f"{rng.random():.4f}", rng.choice(WORDS), f'"{rng.choice(WORDS)}, x"']
+        )
+
+    return "\n".join(",".join(cell() for _ in range(rng.randint(3, 15))) for _ in range(rows))
+
+
+def generated_pages() -> list[Page]:
+    rng = random.Random(7)
+    texts = {
+        "english.txt": english_prose(rng, 40),
+        "english-one-paragraph.txt": english_prose(rng, 1) * 30,
+        "chinese.txt": chinese_prose(rng, 30),
+        "chinese-long-paragraph.txt": chinese_prose(rng, 1) * 40,
+        "manual.md": markdown(rng, 8),
+        "table.csv": csv_rows(rng, 300),
+        "mixed.txt": ENGLISH + "\n" + CHINESE_TEXT * 12 + "\n\n" + english_prose(rng, 5),
+    }
+    return [Page(text, name) for name, text in texts.items()]
+
+
+def langchain_chunks(embedder, text: str, size: int, overlap: int) -> list[str]:
+    """The chunks of `text` as the chunker made them before it was hand-written: langchain's splitter
+    configured as it was, the embedding model's tokenizer as length function."""
+
+    def count(t: str) -> int:
+        return len(embedder.tokenizer.encode(t, add_special_tokens=False, verbose=False))
+
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=size,
+        chunk_overlap=overlap,
+        length_function=count,
+        separators=SEPARATORS,
+        keep_separator="end",
+        strip_whitespace=True,
+    )
+    chunks = [c for c in splitter.split_text(text) if c.strip()]
+    assert all(count(c) <= embedder.max_tokens for c in chunks)  # so its limit cut left them as they were
+    return chunks
+
+
+def assert_same_as_langchain(embedder, pages: list[Page], size: int, overlap: int) -> None:
+    chunks = make(embedder, size, overlap).split_pages(pages)  # one file: its pages share one count memo
+    by_page: dict[tuple[str, int | None], list[str]] = {}
+    for chunk in chunks:
+        by_page.setdefault((chunk.source, chunk.page_no), []).append(chunk.text)
+    assert len({(p.source, p.page_no) for p in pages}) == len(pages)
+    for page in pages:
+        expected = langchain_chunks(embedder, page.text, size, overlap)
+        assert by_page.get((page.source, page.page_no), []) == expected, f"{page.source} page {page.page_no}"
+
+
+@pytest.mark.parametrize(("size", "overlap"), LANGCHAIN_SETTINGS)
+def test_same_chunks_as_langchain_on_the_sample_documents(embedder, size: int, overlap: int) -> None:
+    pages = [page for path in sorted(SAMPLES.iterdir()) for page in load_file(path, path.read_bytes())]
+    assert {Path(p.source).suffix for p in pages} >= {".pdf", ".md", ".txt", ".html"}
+    assert_same_as_langchain(embedder, pages, size, overlap)
+
+
+@pytest.mark.parametrize(("size", "overlap"), LANGCHAIN_SETTINGS)
+def test_same_chunks_as_langchain_on_generated_english_chinese_markdown_and_csv(
+    embedder, size: int, overlap: int
+) -> None:
+    assert_same_as_langchain(embedder, generated_pages(), size, overlap)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.parametrize(("size", "overlap"), LANGCHAIN_SETTINGS[:2])
+def test_same_chunks_as_langchain_on_shared_documents(embedder, size: int, overlap: int) -> None:
+    scifact = shared_path("beir", "scifact", "corpus.jsonl")
+    with open(scifact, encoding="utf-8") as fh:
+        docs = [json.loads(line) for line in itertools.islice(fh, 40)]
+    pages = [Page(f"{d['title']}\n\n{d['text']}", f"scifact/{d['_id']}") for d in docs]
+    assert_same_as_langchain(embedder, pages, size, overlap)
+    pdfs = sorted(shared_path("docs").rglob("*.pdf"))
+    assert len(pdfs) > 5
+    for pdf in pdfs:
+        try:
+            pages = load_file(pdf, pdf.read_bytes())
+        except LoadError:  # the scanned ones: no text layer
+            continue
+        assert_same_as_langchain(embedder, pages, size, overlap)
+
+
+# ---- any text in time linear in its length ---------------------------------------------------
+def no_spaces(n_chars: int, seed: int = 0) -> str:
+    """Text without whitespace or any other separator, as in an inlined attachment or a minified file."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + "+/=-_:." + HANZI[:20]
+    return "".join(rng.choices(alphabet, k=n_chars))
+
+
+def single_line(n_chars: int, seed: int = 0) -> str:
+    """Space-separated words with commas and full stops, English and Chinese, and not one newline."""
+    rng = random.Random(seed)
+    words = [*WORDS, *("".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 12))) for _ in range(3000))]
+    words += [w + "," for w in words[:40]] + [w + "." for w in words[40:80]] + [HANZI[i : i + 5] for i in range(60)]
+    text = " ".join(rng.choices(words, k=n_chars // 6))
+    while len(text) < n_chars:
+        text = f"{text} {text}"
+    return text[:n_chars]
+
+
+def assert_chunks_cover(embedder, text: str, chunks: list) -> None:
+    """Each chunk is its page's text at its offsets and within the model's limit, and together they
+    leave out nothing but whitespace between them."""
+    assert chunks
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+    assert chunks[0].char_start == len(text) - len(text.lstrip())
+    assert chunks[-1].char_end == len(text.rstrip())
+    for a, b in itertools.pairwise(chunks):
+        assert a.char_start < b.char_start
+        assert b.char_start <= a.char_end or not text[a.char_end : b.char_start].strip()
+    ids = embedder.tokenizer([c.text for c in chunks], add_special_tokens=False, verbose=False)["input_ids"]
+    assert max(map(len, ids)) <= embedder.max_tokens
+
+
+@pytest.mark.slow
+def test_three_megabytes_without_spaces(embedder) -> None:
+    text = no_spaces(3_000_000)
+    chunks = make(embedder, 250, overlap=32).split_pages([Page(text, "blob.txt")])
+    assert len(chunks) > 10_000
+    assert_chunks_cover(embedder, text, chunks)
+
+
+@pytest.mark.slow
+def test_a_multi_megabyte_single_line(embedder) -> None:
+    text = single_line(5_000_000)
+    chunks = make(embedder, 250, overlap=32).split_pages([Page(text, "export.txt")])
+    assert len(chunks) > 5_000
+    assert_chunks_cover(embedder, text, chunks)
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the calls that tokenize text; past `limit` the test fails at
+    once, so a splitter that calls it per word or per character fails fast instead of crawling."""
+
+    def __init__(self, inner, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.calls = 0
+
+    def _count(self) -> None:
+        self.calls += 1
+        if self.calls > self.limit:
+            pytest.fail(f"more than {self.limit} tokenizer calls: the text is tokenized piece by piece")
+
+    def __call__(self, *args, **kwargs):
+        self._count()
+        return self.inner(*args, **kwargs)
+
+    def encode(self, *args, **kwargs):
+        self._count()
+        return self.inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("make_text", [no_spaces, single_line], ids=["no-spaces", "single-line"])
+def test_tokenizer_calls_grow_far_slower_than_the_text(embedder, make_text) -> None:
+    """1 MB: langchain's splitter tokenized each character (~1,000,000 calls) or each word
+    (~170,000); this one tokenizes a file's distinct words in one call per megabyte."""
+    text = make_text(1_000_000)
+    tokenizer = CountingTokenizer(embedder.tokenizer, limit=100)
+    chunks = Chunker(ChunkSettings(), tokenizer, embedder.max_tokens).split_pages([Page(text, "big.txt")])
+    assert len(chunks) > 1000
+    assert tokenizer.calls <= 100
+
+
+def test_progress_is_reported_inside_a_large_page(embedder) -> None:
+    pages = [Page("A small first page. " * 10, "f.txt", 1), Page(single_line(3_500_000), "f.txt", 2)]
+    pages.append(Page(no_spaces(1_500_000), "f.txt", 3))
+    calls: list[tuple[int, int]] = []
+    make(embedder, 250, 32).split_pages(pages, progress=lambda done, total: calls.append((done, total)))
+    total = sum(len(p.text) for p in pages)
+    assert calls[-1] == (total, total)
+    assert {t for _, t in calls} == {total}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(set(done)) == len(done)
+    assert sum(d < len(pages[0].text) + len(pages[1].text) for d in done) >= 3  # inside page 2, not only after it
+    assert len(calls) <= total // 1_000_000 + 2  # about one a megabyte: cheap for the caller
+
+
+def test_a_tokenizer_that_is_not_wordpiece_still_keeps_every_chunk_within_the_limit(embedder) -> None:
+    """Token counts from a tokenizer that marks word starts (SentencePiece style) are estimates:
+    every chunk is re-checked against the model's limit."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(embedder.tokenizer.backend_tokenizer.to_str())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.no_padding()
+    backend.no_truncation()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    text = ENGLISH + "\n\n" + CHINESE_TEXT + no_spaces(20_000) + " " + single_line(50_000)
+    chunker = Chunker(ChunkSettings(size=64, overlap=8), tokenizer, 64)
+    assert not chunker.wordpiece
+    chunks = chunker.split_pages([Page(text, "doc.txt")])
+    assert len(chunks) > 100
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert chunker.count_tokens(chunk.text) <= 64
