@@ -1,19 +1,31 @@
 """Chat-model factory: `local` (transformers in-process, optional peft adapter) or `openai`
 (any OpenAI-compatible server, i.e. vLLM).  Both are LangChain chat models that stream, so
 switching is a config change only.  Each backend's library is imported in its own branch.
+
+`llm.timeout_s` is one deadline per answer (:class:`Deadline`): :func:`stream_within` and
+:func:`invoke_within` run a model call in a worker thread and wait for it only until then, so
+neither a silent server, nor one that trickles a byte at a time, nor the openai client's
+retries can keep the user waiting longer.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
 from rag.config import LLMSettings, Settings
@@ -22,6 +34,146 @@ from rag.models import resolve_llm
 
 class LLMError(RuntimeError):
     """The language model could not answer; the message says why and what to do."""
+
+
+class LLMTimeout(LLMError):
+    """The answer was not finished within llm.timeout_s; whatever text had arrived is kept by the caller."""
+
+
+@dataclass
+class Deadline:
+    """One answer's time budget, llm.timeout_s, shared by every model call the answer makes (the
+    follow-up rewrite, the answer itself, and the openai client's retries of either).
+
+    httpx's timeout is per read and the openai client retries after one, so a per-request timeout
+    let a trickling server hold `rag ask` indefinitely and a silent one twice as long as promised.
+    The clock starts at the first call: loading a local model is not counted.
+    """
+
+    seconds: float
+    who: str  # "the LLM at http://…/v1" or "the local model …", for the message
+    scope: str = "the whole answer"
+    _end: float | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def for_answer(cls, llm: LLMSettings) -> Deadline:
+        if llm.backend == "openai":
+            retries = ", retries included" if llm.max_retries else ""
+            return cls(llm.timeout_s, f"the LLM at {llm.base_url}", f"the whole answer{retries}")
+        return cls(llm.timeout_s, f"the local model {llm.model}")
+
+    def remaining(self) -> float:
+        """Seconds left (0 once passed); the first call starts the clock."""
+        if self._end is None:
+            self._end = time.monotonic() + self.seconds
+        return max(0.0, self._end - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def exceeded(self, sent: int = 0) -> LLMTimeout:
+        """The error to raise, saying how much of the answer had arrived (`sent` characters)."""
+        progress = (
+            f"it had sent {sent} character{'s' if sent != 1 else ''}, kept as a partial answer"
+            if sent
+            else "no answer text had arrived"
+        )
+        return LLMTimeout(
+            f"{self.who} did not finish answering within {self.seconds:g} s (llm.timeout_s, {self.scope}); {progress}"
+        )
+
+
+# The deadline of the call running in this thread: read by the openai client's HTTP hooks and by
+# the local model, which are called from deep inside langchain and cannot be handed it directly.
+_ACTIVE: ContextVar[Deadline | None] = ContextVar("rag_llm_deadline", default=None)
+
+T = TypeVar("T")
+
+
+def stream_within(chat: Runnable[Any, Any], messages: Any, deadline: Deadline, **kwargs: Any) -> Iterator[Any]:
+    """`chat.stream(messages, **kwargs)`, ended by LLMTimeout at `deadline`; the chunks that came
+    before it have been yielded, and the message counts their characters."""
+    sent = 0
+    try:
+        for chunk in _in_worker(lambda: chat.stream(messages, **kwargs), deadline):
+            sent += len(str(chunk.content))
+            yield chunk
+    except _Expired as exc:
+        raise deadline.exceeded(sent) from exc.__cause__
+
+
+def invoke_within(chat: Runnable[Any, Any], messages: Any, deadline: Deadline, **kwargs: Any) -> Any:
+    """`chat.invoke(messages, **kwargs)`, or LLMTimeout at `deadline`."""
+    results = _in_worker(lambda: iter([chat.invoke(messages, **kwargs)]), deadline)
+    try:
+        return next(results)
+    except _Expired as exc:
+        raise deadline.exceeded() from exc.__cause__
+    finally:
+        results.close()
+
+
+class _Expired(Exception):
+    """The deadline passed while waiting; the caller turns it into LLMTimeout with what it had received."""
+
+
+_END = object()
+
+
+def _in_worker(produce: Callable[[], Iterator[T]], deadline: Deadline) -> Iterator[T]:
+    """The items of `produce()`, made in a daemon thread and each awaited only until `deadline`.
+
+    Blocking network reads cannot be interrupted from outside, so the caller stops waiting instead;
+    the thread, told it is no longer wanted, stops at its next item (or sooner: the openai hooks end
+    its request at the deadline, and the local model stops generating), and never delays exit.
+    """
+    if deadline.expired():
+        raise _Expired
+    items: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+    unwanted = threading.Event()
+    worker = threading.Thread(target=_feed, args=(produce, deadline, items, unwanted), name="rag-llm-call", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item, error = items.get(timeout=deadline.remaining())
+            except queue.Empty:
+                raise _Expired from None
+            if item is _END:
+                break
+            yield item
+    finally:
+        unwanted.set()
+    if error is not None:
+        # A failure at the deadline (the HTTP read timed out, the local model stopped) is the deadline.
+        if isinstance(error, LLMTimeout) or deadline.expired():
+            raise _Expired from error
+        raise error
+
+
+def _feed(
+    produce: Callable[[], Iterator[Any]],
+    deadline: Deadline,
+    items: queue.SimpleQueue[tuple[Any, BaseException | None]],
+    unwanted: threading.Event,
+) -> None:
+    """The worker: puts each item, then (_END, the exception or None); stops early once unwanted."""
+    _ACTIVE.set(deadline)  # a new thread has a context of its own: this is seen by this call only
+    error: BaseException | None = None
+    try:
+        source = produce()
+        try:
+            for item in source:
+                if unwanted.is_set():
+                    break
+                items.put((item, None))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a stream's generator: closes the HTTP response, or stops local generation
+    except BaseException as exc:  # handed to the caller's thread
+        error = exc
+    items.put((_END, error))
 
 
 def make_chat_model(settings: Settings, notify: Callable[[str], None] = lambda _: None) -> BaseChatModel:
@@ -43,8 +195,66 @@ def make_chat_model(settings: Settings, notify: Callable[[str], None] = lambda _
                 temperature=llm.temperature,
                 max_tokens=llm.max_new_tokens,
                 stream_usage=False,
+                http_client=_deadline_http_client(),
             )
     raise LLMError(f"unknown llm.backend {llm.backend!r}: use 'local' or 'openai'")
+
+
+def _deadline_http_client() -> Any:
+    """The openai SDK's default HTTP client, with hooks that hold each request of a call made through
+    stream_within/invoke_within to its deadline: timeouts no longer than the time left, no request
+    (so no retry) once it has passed, and a body that stops at it (httpx's read timeout is per read,
+    which a server sending a byte every 2 s never trips).  Without a deadline they do nothing."""
+    import openai
+
+    return openai.DefaultHttpxClient(event_hooks={"request": [_cap_request], "response": [_cap_response]})
+
+
+def _cap_request(request: Any) -> None:
+    deadline = _ACTIVE.get()
+    if deadline is None:
+        return
+    left = deadline.remaining()
+    if left <= 0:
+        import openai
+
+        raise openai.APITimeoutError(request=request)  # an OpenAIError: the SDK passes it on without a retry
+    timeouts = request.extensions.get("timeout", {})
+    request.extensions["timeout"] = {
+        kind: left if timeouts.get(kind) is None else min(timeouts[kind], left)
+        for kind in ("connect", "read", "write", "pool")
+    }
+
+
+def _cap_response(response: Any) -> None:
+    deadline = _ACTIVE.get()
+    if deadline is not None:
+        response.stream = _deadline_stream_type()(response.stream, deadline, response.request)
+
+
+@functools.cache
+def _deadline_stream_type() -> type:
+    """Built on first use: the base class comes with the openai SDK's HTTP library (httpx2), which the
+    local backend does not need."""
+    import httpx2
+    import openai
+
+    class DeadlineStream(httpx2.SyncByteStream):
+        """A response body that fails at the deadline, however slowly its bytes arrive."""
+
+        def __init__(self, inner: Any, deadline: Deadline, request: Any) -> None:
+            self.inner, self.deadline, self.request = inner, deadline, request
+
+        def __iter__(self) -> Iterator[bytes]:
+            for piece in self.inner:
+                if self.deadline.expired():
+                    raise openai.APITimeoutError(request=self.request)
+                yield piece
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return DeadlineStream
 
 
 def with_token_limit(chat: BaseChatModel, n: int) -> Any:
@@ -123,7 +333,7 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         inputs = self.tokenizer.apply_chat_template(
             _as_dicts(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -133,11 +343,12 @@ class LocalChatModel(BaseChatModel):
         sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature}
         # A small model that has answered often starts a new "Question:" of its own.
         stops = [st for st in (*STOP_STRINGS, *(stop or [])) if st.strip()]
+        halt = _Halt(_ACTIVE.get())
         criteria = self.stop_criteria if not stop else _stop_criteria(self.tokenizer, stops)
         generate_kwargs = {
             **inputs,
             "streamer": streamer,
-            "stopping_criteria": criteria,
+            "stopping_criteria": StoppingCriteriaList([*criteria, halt]),
             "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
             "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             **sampling,
@@ -150,9 +361,28 @@ class LocalChatModel(BaseChatModel):
             except BaseException as exc:  # surfaced in the caller's thread below
                 failure.append(exc)
                 streamer.end()
+            finally:
+                _GENERATING.pop(worker, None)
 
-        worker = threading.Thread(target=generate, daemon=True)
+        worker = threading.Thread(target=generate, name="rag-local-generate", daemon=True)
+        _GENERATING[worker] = halt
         worker.start()
+        try:
+            sent = yield from self._read(streamer, stops, run_manager)
+        finally:
+            halt.stop()  # the reader is done or has gone (generator closed): free the CPU now
+            worker.join()
+        if failure:
+            raise LLMError(f"local generation failed: {failure[0]}") from failure[0]
+        if halt.deadline is not None and halt.timed_out:
+            raise halt.deadline.exceeded(sent)
+        if sent == 0:  # the model ended (or hit a stop string) at once: an empty answer, not a failure
+            yield self._emit("", run_manager)
+
+    def _read(
+        self, streamer: Any, stops: list[str], run_manager: CallbackManagerForLLMRun | None
+    ) -> Generator[ChatGenerationChunk, None, int]:
+        """The streamer's text as chunks, cut at the first stop string; returns the characters sent."""
         # Hold back a tail as long as the longest stop string, so one split across two
         # streamed pieces is never shown before it is recognised and cut.
         hold = max(len(st) for st in stops)
@@ -165,19 +395,49 @@ class LocalChatModel(BaseChatModel):
                 yield self._emit(buffer[sent:ready], run_manager)
                 sent = ready
             if cut is not None:
-                break
-        else:
-            # Stopped by max_new_tokens inside a character that spans several byte-level tokens
-            # (most Chinese characters do): the streamer's last flush ends in U+FFFD. Half a
-            # character is not text; drop it rather than show "保修期为十年，或累计放电量达到 30 兆�".
-            buffer = buffer.rstrip("\ufffd")
-            if len(buffer) > sent:
-                yield self._emit(buffer[sent:], run_manager)
-        worker.join()
-        if failure:
-            raise LLMError(f"local generation failed: {failure[0]}") from failure[0]
-        if sent == 0:  # the model ended (or hit a stop string) at once: an empty answer, not a failure
-            yield self._emit("", run_manager)
+                return sent
+        # Stopped by max_new_tokens inside a character that spans several byte-level tokens
+        # (most Chinese characters do): the streamer's last flush ends in U+FFFD. Half a
+        # character is not text; drop it rather than show "保修期为十年，或累计放电量达到 30 兆�".
+        buffer = buffer.rstrip("\ufffd")
+        if len(buffer) > sent:
+            yield self._emit(buffer[sent:], run_manager)
+            sent = len(buffer)
+        return sent
+
+
+# Generations running now.  Python kills daemon threads at exit, and one killed inside torch
+# aborts the process ("terminate called without an active exception", exit 134): `rag ask` that
+# timed out during a long prompt's prefill crashed instead of exiting 1.  At exit they are stopped
+# and waited for, which takes at most the current step.
+_GENERATING: dict[threading.Thread, _Halt] = {}
+
+
+@atexit.register
+def _stop_generating() -> None:
+    for worker, halt in list(_GENERATING.items()):
+        halt.stop()
+        worker.join(timeout=120)
+
+
+class _Halt:
+    """A stopping criterion (duck-typed: importing this module does not import transformers) that
+    ends generation at the answer's deadline or once the reader has gone, so the CPU is freed then
+    rather than after max_new_tokens.  Checked after every token; the prompt's prefill cannot be cut."""
+
+    def __init__(self, deadline: Deadline | None) -> None:
+        self.deadline = deadline
+        self.timed_out = False
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        if self.deadline is not None and self.deadline.expired():
+            self.timed_out = True
+        done = self.timed_out or self._stopped.is_set()
+        return input_ids.new_full((input_ids.shape[0],), done).bool()
 
 
 STOP_STRINGS = ["Question:", "问题：", "Sources:", "<document>"]

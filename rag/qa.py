@@ -7,6 +7,7 @@ invent answers when the context lacks them, so they are never asked to be the ju
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from langchain_core.language_models import BaseChatModel
 from rag import prompts
 from rag.config import Settings
 from rag.lexical import tokenize
-from rag.llm import LLMError, with_token_limit
+from rag.llm import Deadline, LLMError, invoke_within, stream_within, with_token_limit
 from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
 
@@ -114,15 +115,19 @@ class QA:
         top_k: int | None = None,
         filters: Filters | None = None,
     ) -> Iterator[str | Answer]:
-        """Yields answer text as it is generated, then the complete Answer."""
+        """Yields answer text as it is generated, then the complete Answer.
+
+        The model calls share one deadline, llm.timeout_s, from the first of them to the last token;
+        a timeout keeps the text that had arrived, with answer.error saying so."""
         t0 = time.perf_counter()
         self.retriever.embedder.model  # noqa: B018 - load now, so timings separate loading from searching
         load_ms = _ms(t0, time.perf_counter())
         t0 = time.perf_counter()
         lang = prompts.language(question)
         answer = Answer(question, "", True, lang, question)
+        deadline = Deadline.for_answer(self.settings.llm)
         try:
-            rewritten = self.condense(question, history)
+            rewritten = self.condense(question, history, deadline)
         except Exception as exc:  # a failing LLM must not block retrieval: show the passages
             answer.error = describe_llm_error(exc, self.settings)
             rewritten = None
@@ -141,7 +146,7 @@ class QA:
             yield answer
             return
         if answer.error is None and self._load_chat(answer):
-            yield from self._generate(answer, lang, time.perf_counter())
+            yield from self._generate(answer, lang, time.perf_counter(), deadline)
         answer.timings["total_ms"] = _ms(t0, time.perf_counter())
         yield answer
 
@@ -168,11 +173,11 @@ class QA:
         answer.timings["load_ms"] += _ms(started, time.perf_counter())
         return answer.error is None
 
-    def _generate(self, answer: Answer, lang: str, t_start: float) -> Iterator[str]:
+    def _generate(self, answer: Answer, lang: str, t_start: float, deadline: Deadline) -> Iterator[str]:
         messages = prompts.answer_messages(answer.standalone_question, answer.context, lang)
         parts: list[str] = []
         try:
-            for chunk in self.chat.stream(messages):
+            for chunk in stream_within(self.chat, messages, deadline):
                 text = str(chunk.content)
                 if not text:
                     continue
@@ -194,13 +199,14 @@ class QA:
             answer.citations_attributed = bool(numbers)
         answer.citations = [_citation(n, answer.context[n - 1]) for n in numbers]
 
-    def condense(self, question: str, history: History) -> str | None:
+    def condense(self, question: str, history: History, deadline: Deadline | None = None) -> str | None:
         """A follow-up ("and the inverter?") rewritten to stand alone, so retrieval can find it;
-        None when the model gave no usable rewrite."""
+        None when the model gave no usable rewrite.  `deadline`: the answer's, which this call starts."""
         if not history or not self.settings.llm.condense_history:
             return question
         short = with_token_limit(self.chat, 64)
-        rewritten = str(short.invoke(prompts.condense_messages(question, history)).content)
+        deadline = deadline or Deadline.for_answer(self.settings.llm)
+        rewritten = str(invoke_within(short, prompts.condense_messages(question, history), deadline).content)
         line = rewritten.strip().splitlines()[0].strip(" \"'“”") if rewritten.strip() else ""
         # A small model often answers instead of rewriting; only a question is a usable rewrite.
         if not line.endswith(("?", "？")) or len(line) > 4 * len(question) + 200:
@@ -254,13 +260,17 @@ def _ms(a: float, b: float) -> float:
 def describe_llm_error(exc: BaseException, settings: Settings) -> str:
     """Turn a backend failure into a sentence that says what is wrong and what to do."""
     llm = settings.llm
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - langchain-openai depends on it
-        openai = None  # type: ignore[assignment]
+    if isinstance(exc, LLMError):
+        return str(exc)
+    # Not imported means not an openai error; importing it here took seconds after a local model's timeout.
+    openai = sys.modules.get("openai")
     if openai is not None:
-        if isinstance(exc, openai.APITimeoutError):
-            return f"the LLM server at {llm.base_url} did not answer within {llm.timeout_s:g} s (llm.timeout_s)"
+        if isinstance(exc, openai.APITimeoutError):  # a call made without a Deadline: timeout_s is per attempt
+            attempts = f"on each of {llm.max_retries + 1} attempts" if llm.max_retries else "(no retries)"
+            return (
+                f"the LLM server at {llm.base_url} timed out: it sent nothing for {llm.timeout_s:g} s "
+                f"(llm.timeout_s) {attempts}"
+            )
         if isinstance(exc, openai.APIConnectionError):
             return (
                 f"cannot reach the LLM server at {llm.base_url} ({exc.__cause__ or exc}); is it running? "
@@ -273,8 +283,6 @@ def describe_llm_error(exc: BaseException, settings: Settings) -> str:
             )
         if isinstance(exc, openai.APIStatusError):
             return f"the LLM server at {llm.base_url} answered {exc.status_code}: {exc.message}"
-    if isinstance(exc, LLMError):
-        return str(exc)
     return f"the {llm.backend} LLM failed: {type(exc).__name__}: {exc}"
 
 

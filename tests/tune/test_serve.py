@@ -188,7 +188,6 @@ def ask(sample_kb_dir: Path, base_url: str, model: str):
         "RAG_LLM__BACKEND": "openai",
         "RAG_LLM__BASE_URL": base_url,
         "RAG_LLM__MODEL": model,
-        "RAG_LLM__MAX_RETRIES": "0",
         "RAG_LLM__MAX_NEW_TOKENS": "16",
         "COLUMNS": "200",
     }

@@ -18,12 +18,6 @@ WARRANTY = "How long is the battery module covered by the warranty?"
 OFF_TOPIC = "What is the capital of France?"
 
 
-@pytest.fixture
-def sample_data(data_dir: Path, sample_kb_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAG_DATA_DIR", str(sample_kb_dir))
-    return sample_kb_dir
-
-
 def ask(at, question: str):
     at.chat_input[0].set_value(question)
     at.run()
@@ -68,7 +62,6 @@ def test_llm_server_down_shows_the_error_and_the_passages_and_the_app_keeps_work
 ) -> None:
     monkeypatch.setenv("RAG_LLM__BACKEND", "openai")
     monkeypatch.setenv("RAG_LLM__BASE_URL", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
-    monkeypatch.setenv("RAG_LLM__MAX_RETRIES", "0")
     at = ask(open_app(), WARRANTY)
     (error,) = texts(at.error)
     assert "The language model did not answer" in error and "cannot reach the LLM server" in error
