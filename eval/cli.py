@@ -71,12 +71,21 @@ def retrieval(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="report folder (default: <data_dir>/eval/<time>-…)")
     ] = None,
+    keep_identical_ids: Annotated[
+        bool,
+        typer.Option(
+            "--keep-identical-ids",
+            help="keep a retrieved document whose id is the query's own (BEIR drops it, as this does by default: "
+            "where queries are also corpus documents, each would find itself at rank 1)",
+        ),
+    ] = False,
 ) -> None:
     """Ingest a BEIR corpus (cached), run its queries, score per document with ranx, write a report.
 
     Each --config x --mode pair is one row of the report. Knowledge bases are named by corpus,
     embedder and chunker, so configurations that differ only in retrieval share one ingest, and a
-    second run reuses it.
+    second run reuses it. Scored as BEIR scores: judged documents missing from the corpus count as
+    misses (with a warning), and a query's own document is left out of its ranking.
     """
     from eval.datasets import DatasetError
     from eval.retrieval import run_retrieval_eval
@@ -86,7 +95,9 @@ def retrieval(
     target = out_dir or _default_out(settings, "retrieval", dataset.name)
     try:
         with progress_bar() as bar:
-            folder = run_retrieval_eval(settings, dataset, split, configs, target, _StageBars(bar))
+            folder = run_retrieval_eval(
+                settings, dataset, split, configs, target, _StageBars(bar), keep_identical_ids, _warn
+            )
     except (DatasetError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt as exc:
@@ -94,6 +105,13 @@ def retrieval(
             "interrupted; ingested documents are kept, so the next run continues where this one stopped", 1
         ) from exc
     _show(folder)
+
+
+def _warn(message: str) -> None:
+    """One line on stderr, never wrapped, so it can be read (and grepped) whole."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command("show")
@@ -208,7 +226,7 @@ def answers(
     variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens, base)
     judge_settings = _judge_settings(settings, backend, judge, judge_base_url) if judge else None
     grade = _load_judge(judge_settings) if judge_settings else None  # fails now, not after an hour of answers
-    name = kb or settings.default_kb
+    name = settings.kb_name(kb)
     runs, rows = [], {}
     for label, cfg in variants:
         qa = _qa_for(cfg, name)

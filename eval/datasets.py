@@ -22,17 +22,70 @@ class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and line."""
 
 
+MISSING_SAMPLE = 3  # document ids named in the warning and the report
+
+
+@dataclass
+class MissingDocuments:
+    """Judgements naming documents the corpus lacks; several official BEIR sets have a few.
+
+    BEIR's loader keeps them and its scorer (pytrec_eval) counts each as a relevant document that
+    was never retrieved: recall's denominator and nDCG's ideal ranking include it, and a query
+    judging only such documents scores 0.  They stay in the qrels for the same reason, so our
+    numbers stay comparable with the published ones; this only counts them for the warning."""
+
+    judgements: int = 0
+    documents: list[str] = field(default_factory=list)  # in qrels order
+    queries: list[str] = field(default_factory=list)  # judged queries whose judged documents are all missing
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "judgements": self.judgements,
+            "documents": len(self.documents),
+            "queries": len(self.queries),
+            "sample": self.documents[:MISSING_SAMPLE],
+        }
+
+    def message(self, qrels_name: str) -> str:
+        """One line for the terminal, the report and the UI."""
+        n, j, q = len(self.documents), self.judgements, len(self.queries)
+        sample = ", ".join(repr(d) for d in self.documents[:MISSING_SAMPLE])
+        sample = f"e.g. {sample}" if n > 1 else sample
+        text = (
+            f"{qrels_name} names {plural(n, 'document')} missing from the corpus ({sample}); "
+            + (
+                "its judgement is scored as a miss (a relevant document never retrieved)"
+                if j == 1
+                else f"their {j} judgements are scored as misses (relevant documents never retrieved)"
+            )
+            + ", as BEIR does"
+        )
+        if q:
+            verbs = "judges only missing documents and scores" if q == 1 else "judge only missing documents and score"
+            text += f"; {plural(q, 'query', 'queries')} {verbs} 0"
+        return text
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 @dataclass
 class BeirDataset:
     root: Path
     corpus: dict[str, dict[str, str]]  # doc id -> {"title", "text"}
     queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]  # query id -> doc id -> relevance (> 0 only)
+    qrels: dict[str, dict[str, int]]  # query id -> doc id -> relevance (> 0 only); may name missing documents
     split: str
+    missing: MissingDocuments = field(default_factory=MissingDocuments)
 
     @property
     def name(self) -> str:
         return self.root.name
+
+    def warnings(self) -> list[str]:
+        """What a reader of the scores should know about the data: printed before the run, kept in the report."""
+        return [self.missing.message(f"qrels/{self.split}.tsv")] if self.missing.judgements else []
 
     def corpus_digest(self) -> str:
         """Names the files folder, so an edited corpus never reuses another's files."""
@@ -135,7 +188,11 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def load_beir(root: Path, split: str = "test") -> BeirDataset:
-    """A BEIR folder; only queries judged in `split` are kept, and every judged document must exist."""
+    """A BEIR folder; only queries judged in `split` are kept, as BEIR's GenericDataLoader does.
+
+    A judged query missing from queries.jsonl is an error (BEIR's loader fails there too: the query
+    cannot be run).  Judged documents missing from the corpus are not: BEIR scores them as misses,
+    so they are kept, and counted in `missing` for the warning and the report."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder (a BEIR dataset has corpus.jsonl, queries.jsonl, qrels/)")
@@ -145,10 +202,21 @@ def load_beir(root: Path, split: str = "test") -> BeirDataset:
     missing_q = sorted(set(qrels) - set(queries))
     if missing_q:
         raise DatasetError(f"{root}: qrels/{split}.tsv judges {len(missing_q)} unknown queries, e.g. {missing_q[0]!r}")
-    missing_d = sorted({d for rels in qrels.values() for d in rels} - set(corpus))
-    if missing_d:
-        raise DatasetError(f"{root}: qrels/{split}.tsv names {len(missing_d)} unknown documents, e.g. {missing_d[0]!r}")
-    return BeirDataset(root, corpus, {q: queries[q] for q in qrels}, qrels, split)
+    missing = missing_documents(qrels, corpus)
+    return BeirDataset(root, corpus, {q: queries[q] for q in qrels}, qrels, split, missing)
+
+
+def missing_documents(qrels: dict[str, dict[str, int]], corpus: dict[str, Any]) -> MissingDocuments:
+    """The judgements whose document is not in the corpus, counted (see MissingDocuments)."""
+    found = MissingDocuments()
+    for qid, rels in qrels.items():
+        absent = [d for d in rels if d not in corpus]
+        found.judgements += len(absent)
+        found.documents.extend(absent)
+        if absent and len(absent) == len(rels):
+            found.queries.append(qid)
+    found.documents = list(dict.fromkeys(found.documents))
+    return found
 
 
 def document_text(doc: dict[str, str]) -> str:

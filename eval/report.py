@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import BeirDataset
+from eval.datasets import BeirDataset, plural
 
 # Published test-split nDCG@10 / Recall@100, as collected in shared/data/BASELINES.md from the MTEB
 # results repository (embeddings-benchmark/results) and Pyserini's BEIR regressions (2cr/beir.yaml).
@@ -47,8 +47,8 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
-def write_report(out_dir: Path, dataset: BeirDataset, results: list) -> Path:
-    """`results`: eval.retrieval.RunResult list.  Returns the folder."""
+def write_report(out_dir: Path, dataset: BeirDataset, results: list, keep_identical_ids: bool = False) -> Path:
+    """`results`: eval.retrieval.RunResult list, run with `keep_identical_ids` as given.  Returns the folder."""
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     report = {
@@ -58,6 +58,9 @@ def write_report(out_dir: Path, dataset: BeirDataset, results: list) -> Path:
         "split": dataset.split,
         "queries": len(dataset.queries),
         "documents": len(dataset.corpus),
+        "warnings": dataset.warnings(),
+        "qrels_missing_documents": dataset.missing.to_json(),
+        "identical_ids": "kept" if keep_identical_ids else "dropped",
         "runs": [r.summary() for r in results],
         "published": PUBLISHED.get(dataset.name.lower(), {}),
     }
@@ -122,6 +125,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['queries']} judged queries, {report['documents']} documents; scored per document "
         "(a document ranks at its best chunk).",
         "",
+        *(f"{line}\n" for line in notes(report)),
         _row(head),
         _row(["---"] * len(head)),
     ]
@@ -142,6 +146,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(_row([name, "", *cells]))
     lines += ["", "![metrics](metrics.png)", "", "![recall@k](recall_at_k.png)", ""]
     return "\n".join(lines)
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    """What qualifies the scores: the dataset's warnings, then how identical ids were treated.
+    Reports written before these were recorded have neither."""
+    lines = [f"Warning: {w}" for w in report.get("warnings") or []]
+    identical = identical_ids_note(report)
+    return lines + ([identical] if identical else [])
+
+
+def identical_ids_note(report: dict[str, Any]) -> str | None:
+    """One sentence: whether a query's own document was left out of its ranking, and how often it was there."""
+    treatment = report.get("identical_ids")
+    if treatment not in ("dropped", "kept"):
+        return None
+    hits = {run["name"]: run.get("identical_id_hits", 0) for run in report.get("runs") or []}
+    total = sum(hits.values())
+    detail = " (" + ", ".join(f"{name} {n}" for name, n in hits.items()) + ")" if total else ""
+    if treatment == "dropped":
+        return (
+            "A document whose id is the query's own is left out of its ranking, as BEIR does "
+            f"(ignore_identical_ids): {plural(total, 'hit')} removed{detail}."
+        )
+    held = plural(total, "ranking holds", "rankings hold")
+    return (
+        f"Identical ids kept (--keep-identical-ids), unlike BEIR's scoring: {held} their query's own document{detail}."
+    )
 
 
 def _row(cells: list[str]) -> str:

@@ -44,6 +44,7 @@ class RunResult:
     ingest_seconds: float
     recall_curve: dict[int, float] = field(default_factory=dict)
     per_query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identical_id_hits: int = 0  # rankings the query's own document was dropped from (or, kept, is in)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class RunResult:
             "kb": self.kb,
             "ingest_seconds": round(self.ingest_seconds, 2),
             "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
+            "identical_id_hits": self.identical_id_hits,
         }
 
 
@@ -134,7 +136,9 @@ def run_queries(
     progress: Callable[[int], None] | None = None,
     deep: Retriever | None = None,
 ) -> dict[str, list[str]]:
-    """query id -> corpus ids, best first, each document once (at its best chunk's rank).
+    """query id -> corpus ids, best first, each document once (at its best chunk's rank):
+    DOC_DEPTH + 1 of them, so that leaving out the query's own document (drop_identical_ids)
+    still leaves DOC_DEPTH, as BEIR's searchers fetch top_k + 1 for the same reason.
 
     The head of each ranking is exactly what `retriever` (the configuration as shipped) returns.
     Its candidate lists may hold fewer than DOC_DEPTH documents, so `deep` (the same settings
@@ -159,7 +163,7 @@ def run_queries(
                 h for r in searchers for h in r.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits
             ]
             docs = [d for h in hits for d in [doc_id_of(h.chunk.source), *copies.get(h.chunk.doc_id, [])]]
-            ranked[qid] = best_per_document(docs)[:DOC_DEPTH]
+            ranked[qid] = best_per_document(docs)[: DOC_DEPTH + 1]
         if progress:
             progress(min(start + QUERY_BATCH, len(ids)))
     return ranked
@@ -168,6 +172,26 @@ def run_queries(
 def best_per_document(doc_ids_by_chunk: list[str]) -> list[str]:
     """Chunks' documents in rank order -> documents in rank order, each at its first (best) chunk."""
     return list(dict.fromkeys(doc_ids_by_chunk))
+
+
+def drop_identical_ids(ranked: dict[str, list[str]], keep: bool = False) -> tuple[dict[str, list[str]], int]:
+    """Rankings cut to DOC_DEPTH, without the document whose id is the query's own unless `keep`;
+    and how many rankings held it.
+
+    Where queries are also corpus documents (ArguAna, Quora, CQADupStack) each would otherwise
+    find itself at rank 1.  BEIR's evaluation drops such hits (`ignore_identical_ids`, on by
+    default) and its searchers skip them before the top-k cut, so the published numbers rank
+    top_k other documents: the id is dropped here before the cut too."""
+    out: dict[str, list[str]] = {}
+    hits = 0
+    for qid, docs in ranked.items():
+        if keep:
+            out[qid] = docs[:DOC_DEPTH]
+            hits += qid in out[qid]
+        else:
+            out[qid] = [d for d in docs if d != qid][:DOC_DEPTH]
+            hits += qid in docs
+    return out, hits
 
 
 def score(qrels: dict[str, dict[str, int]], ranked: dict[str, list[str]]) -> tuple[dict[str, float], dict, dict]:
@@ -205,8 +229,10 @@ def evaluate_config(
     dataset: BeirDataset,
     embedders: dict[str, Embedder],
     progress: ProgressFn | None = None,
+    keep_identical_ids: bool = False,
 ) -> RunResult:
-    """One configuration (its retrieve.mode included) over the dataset's judged queries."""
+    """One configuration (its retrieve.mode included) over the dataset's judged queries; a query's
+    own document is left out of its ranking unless `keep_identical_ids` (see drop_identical_ids)."""
     embedder = embedders.setdefault(settings.embed.model_dump_json(), Embedder(settings.embed))
     t0 = time.perf_counter()
     kb, _ = corpus_kb(settings, dataset, embedder, progress)
@@ -224,11 +250,13 @@ def evaluate_config(
         tick = (lambda done: progress(stage, done, total)) if progress else None
         ranked = run_queries(retriever, dataset.queries, retrieve.mode, depth, tick, deep=deep)
         seconds = time.perf_counter() - t1
+    ranked, identical_id_hits = drop_identical_ids(ranked, keep_identical_ids)
     metrics, curve, per_query = score(dataset.qrels, ranked)
     for qid, row in per_query.items():
         row["top10"] = ranked.get(qid, [])[:10]
+    summary = _settings_summary(settings)
     return RunResult(
-        name, retrieve.mode, _settings_summary(settings), metrics, seconds, kb.name, ingest_seconds, curve, per_query
+        name, retrieve.mode, summary, metrics, seconds, kb.name, ingest_seconds, curve, per_query, identical_id_hits
     )
 
 
@@ -239,16 +267,23 @@ def run_retrieval_eval(
     configs: list[tuple[str, Settings]],
     out_dir: Path,
     progress: ProgressFn | None = None,
+    keep_identical_ids: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Evaluate each named configuration and write the report folder (report.json, report.md,
     plots, per-query results).  Knowledge bases live in `settings`' data_dir whatever the
-    configurations say, so every configuration with the same embedder and chunker shares one."""
+    configurations say, so every configuration with the same embedder and chunker shares one.
+
+    `warn` hears the dataset's warnings (judged documents missing from the corpus) before the
+    long part starts, so a user sees them while the scores can still be put in context."""
     from eval.report import write_report
 
     dataset = load_beir(dataset_dir, split)
+    for message in dataset.warnings() if warn else []:
+        warn(message)
     embedders: dict[str, Embedder] = {}
     results = []
     for name, cfg in configs:
         cfg = cfg.model_copy(update={"data_dir": settings.data_dir, "cache_dir": settings.cache_dir})
-        results.append(evaluate_config(name, cfg, dataset, embedders, progress))
-    return write_report(out_dir, dataset, results)
+        results.append(evaluate_config(name, cfg, dataset, embedders, progress, keep_identical_ids))
+    return write_report(out_dir, dataset, results, keep_identical_ids)

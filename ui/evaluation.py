@@ -106,6 +106,13 @@ def published_table(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def identical_ids_note(data: dict[str, Any]) -> str | None:
+    """Whether a query's own document was left out of its ranking (as in BEIR's scores), as the report says it."""
+    from eval.report import identical_ids_note as note
+
+    return note(data)
+
+
 def markdown_without_images(text: str) -> str:
     """The plots are shown as images beside the report; their relative links would not resolve."""
     return _IMAGE_LINE.sub("", text).strip()
@@ -192,6 +199,11 @@ def _show_report(report: Report) -> None:
     facts = [f"**{k}**: {data[k]}" for k in ("dataset", "split", "queries", "documents", "kb") if data.get(k)]
     if facts:
         st.markdown(" · ".join(facts))
+    for warning in data.get("warnings") or []:  # e.g. judged documents missing from the corpus
+        st.warning(warning, icon=":material/warning:")
+    note = identical_ids_note(data)
+    if note:
+        st.caption(note)
     rows = runs_table(data)
     if rows:
         metric_columns = [c for c in rows[0] if c in METRIC_LABELS.values()]

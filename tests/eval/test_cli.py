@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from rag.cli import app
 from tests.conftest import MODEL_CACHE, SAMPLES
-from tests.fixtures.beir import write_beir
+from tests.fixtures.beir import ARGUMENTS, write_beir, write_beir_self_queries
 from tests.fixtures.openai_server import free_port
 
 JUDGE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -42,6 +43,60 @@ def test_retrieval_report_in_one_command_then_show(run, tmp_path: Path) -> None:
     assert report["runs"][0]["settings"]["chunk"]["method"] == "page"
     shown = run("eval", "show", str(tmp_path / "rep"))
     assert shown.exit_code == 0 and "nDCG@10" in shown.output and "1.0000" in shown.output
+
+
+@pytest.mark.slow
+def test_a_query_is_left_out_of_its_own_ranking_unless_kept(run, tmp_path: Path) -> None:
+    data = write_beir_self_queries(tmp_path / "args")
+    result = run("eval", "retrieval", "--dataset", str(data), "--mode", "bm25", "--out", str(tmp_path / "drop"))
+    assert result.exit_code == 0, result.output
+    top10 = json.loads((tmp_path / "drop" / "runs" / "bm25.json").read_text())
+    assert [qid for qid, row in top10.items() if qid in row["top10"]] == []
+    report = json.loads((tmp_path / "drop" / "report.json").read_text())
+    assert report["runs"][0]["metrics"]["ndcg@10"] == 1.0  # the counter-argument first, every time
+    assert report["identical_ids"] == "dropped"
+    assert report["runs"][0]["identical_id_hits"] == len(ARGUMENTS)
+    md = (tmp_path / "drop" / "report.md").read_text()
+    assert "as BEIR does (ignore_identical_ids): 6 hits removed (bm25 6)" in md
+
+    result = run(
+        "eval", "retrieval", "--dataset", str(data), "--mode", "bm25", "--keep-identical-ids",
+        "--out", str(tmp_path / "keep"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "keep" / "report.json").read_text())
+    assert report["identical_ids"] == "kept"
+    top10 = json.loads((tmp_path / "keep" / "runs" / "bm25.json").read_text())
+    assert all(row["top10"][0] == qid for qid, row in top10.items())  # each query finds itself first
+    assert report["runs"][0]["metrics"]["mrr@10"] == 0.5
+    assert "kept (--keep-identical-ids)" in (tmp_path / "keep" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_qrels_naming_missing_documents_warn_and_score_them_as_misses(run, tmp_path: Path) -> None:
+    data = write_beir(tmp_path / "mini")
+    with (data / "qrels" / "test.tsv").open("a") as fh:
+        fh.write("q1\td9\t1\nq2\td12\t1\nq2\td9\t1\nq-unjudged\tghost\t1\n")
+    result = run("eval", "retrieval", "--dataset", str(data), "--mode", "bm25", "--out", str(tmp_path / "rep"))
+    assert result.exit_code == 0, result.output
+    warning = (
+        "warning: qrels/test.tsv names 3 documents missing from the corpus (e.g. 'd9', 'd12', 'ghost'); "
+        "their 4 judgements are scored as misses (relevant documents never retrieved), as BEIR does; "
+        "1 query judges only missing documents and scores 0"
+    )
+    assert warning in result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["qrels_missing_documents"] == {
+        "judgements": 4, "documents": 3, "queries": 1, "sample": ["d9", "d12", "ghost"],
+    }  # fmt: skip
+    assert report["queries"] == 4 and report["warnings"] == [warning.removeprefix("warning: ")]
+    # Each query's judged corpus document is first (see the generated set), so by hand:
+    # q1 {d1, d9}: 1/(1 + 1/log2 3); q2 {d3, d12, d9}: 1/(1 + 1/log2 3 + 1/2); q3: 1; q-unjudged: 0.
+    ndcg = (1 / (1 + 1 / math.log2(3)) + 1 / (1 + 1 / math.log2(3) + 0.5) + 1 + 0) / 4
+    metrics = report["runs"][0]["metrics"]
+    assert metrics["ndcg@10"] == pytest.approx(ndcg, abs=1e-4)
+    assert metrics["recall@10"] == pytest.approx((1 / 2 + 1 / 3 + 1 + 0) / 4, abs=1e-4)
+    assert warning.removeprefix("warning: ") in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_malformed_dataset_is_a_usage_error_naming_the_line(run, tmp_path: Path) -> None:

@@ -64,11 +64,31 @@ def test_unknown_split_lists_the_ones_there(tmp_path: Path) -> None:
         load_beir(root, "dev")
 
 
-def test_qrels_naming_a_missing_document_is_refused(tmp_path: Path) -> None:
+def test_qrels_naming_missing_documents_load_counted_and_kept_for_scoring(tmp_path: Path) -> None:
+    """Several official BEIR sets judge a few documents their corpus lacks.  BEIR loads them and
+    scores them as relevant documents never retrieved; so do we, and say so once."""
     root = write_beir(tmp_path / "mini")
     with (root / "qrels" / "test.tsv").open("a") as fh:
-        fh.write("q1\tnope\t1\n")
-    with pytest.raises(DatasetError, match=r"unknown documents, e\.g\. 'nope'"):
+        fh.write("q1\td9\t1\nq2\td12\t1\nq2\td9\t1\nq-unjudged\tghost\t1\n")
+    ds = load_beir(root, "test")
+    assert ds.qrels["q1"] == {"d1": 1, "d9": 1}
+    assert "q-unjudged" in ds.queries  # judges only a missing document: BEIR scores it (0)
+    missing = ds.missing
+    assert (missing.judgements, missing.documents, missing.queries) == (4, ["d9", "d12", "ghost"], ["q-unjudged"])
+    assert ds.warnings() == [
+        "qrels/test.tsv names 3 documents missing from the corpus (e.g. 'd9', 'd12', 'ghost'); "
+        "their 4 judgements are scored as misses (relevant documents never retrieved), as BEIR does; "
+        "1 query judges only missing documents and scores 0"
+    ]
+    assert load_beir(write_beir(tmp_path / "clean")).warnings() == []
+
+
+def test_qrels_naming_an_unknown_query_is_still_refused(tmp_path: Path) -> None:
+    # BEIR's GenericDataLoader fails here too (KeyError): a judged query without its text cannot be run.
+    root = write_beir(tmp_path / "mini")
+    with (root / "qrels" / "test.tsv").open("a") as fh:
+        fh.write("q404\td1\t1\n")
+    with pytest.raises(DatasetError, match=r"judges 1 unknown queries, e\.g\. 'q404'"):
         load_beir(root, "test")
 
 

@@ -66,3 +66,33 @@ def test_answer_report_shows_differences(tmp_path: Path) -> None:
     assert "| base+lora | local | m | +0.250 | +0.050 | +0.750 | +0.500 |" in md
     assert "| base | local | m | 0.250 | 0.500 | 0.000 | -0.100 |" in md
     assert (out / "answers.png").read_bytes().startswith(PNG)
+
+
+def test_retrieval_report_records_missing_documents_and_identical_ids(tmp_path: Path) -> None:
+    root = write_beir(tmp_path / "mini")
+    with (root / "qrels" / "test.tsv").open("a") as fh:
+        fh.write("q1\tgone\t1\n")
+    ds = load_beir(root)
+    dense, bm25 = _result("dense", "dense", 0.5), _result("bm25", "bm25", 0.4)
+    dense.identical_id_hits, bm25.identical_id_hits = 3, 2
+    report = load_report(write_report(tmp_path / "rep", ds, [dense, bm25]))
+    assert report["qrels_missing_documents"] == {"judgements": 1, "documents": 1, "queries": 0, "sample": ["gone"]}
+    assert report["warnings"] == ds.warnings() and "1 document missing from the corpus ('gone')" in ds.warnings()[0]
+    assert report["identical_ids"] == "dropped"
+    assert [r["identical_id_hits"] for r in report["runs"]] == [3, 2]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ds.warnings()[0] in md
+    assert "as BEIR does (ignore_identical_ids): 5 hits removed (dense 3, bm25 2)" in md
+
+    kept = load_report(write_report(tmp_path / "kept", load_beir(write_beir(tmp_path / "clean")), [dense], True))
+    assert kept["identical_ids"] == "kept" and kept["warnings"] == []
+    assert kept["qrels_missing_documents"]["judgements"] == 0
+    md = (tmp_path / "kept" / "report.md").read_text()
+    assert "kept (--keep-identical-ids)" in md and "3 rankings hold their query's own document (dense 3)" in md
+
+
+def test_an_older_report_without_these_fields_still_renders() -> None:
+    from eval.report import render_markdown
+
+    old = {"dataset": "x", "split": "test", "queries": 1, "documents": 2, "runs": []}
+    assert "# Retrieval: x (test split)" in render_markdown(old)

@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from eval.datasets import load_beir
-from eval.retrieval import best_per_document, eval_kb_name, run_retrieval_eval, score
+from eval.retrieval import (
+    DOC_DEPTH,
+    best_per_document,
+    drop_identical_ids,
+    eval_kb_name,
+    evaluate_config,
+    run_retrieval_eval,
+    score,
+)
 from tests.conftest import shared_path
-from tests.fixtures.beir import write_beir
+from tests.fixtures.beir import ARGUMENTS, write_beir, write_beir_self_queries
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -36,6 +44,28 @@ def test_a_query_with_no_results_scores_zero_not_an_error() -> None:
     metrics, _, per_query = score({"q1": {"a": 1}, "q2": {"b": 1}}, {"q1": ["a"], "q2": []})
     assert per_query["q2"]["ndcg@10"] == 0.0
     assert metrics["recall@10"] == 0.5
+
+
+def test_judged_documents_missing_from_the_corpus_count_as_misses_like_beir() -> None:
+    # q1 finds d1 but can never find "ghost"; q3 judges only a missing document.  BEIR's
+    # EvaluateRetrieval.evaluate (pytrec_eval) on this input: NDCG@10 0.53772, Recall@10 0.5.
+    qrels = {"q1": {"d1": 1, "ghost": 1}, "q2": {"d2": 1}, "q3": {"ghost2": 1}}
+    metrics, _, per_query = score(qrels, {"q1": ["d1", "x"], "q2": ["d2"], "q3": ["d3"]})
+    ndcg_q1 = 1 / (1 + 1 / math.log2(3))  # ideal DCG counts the missing document
+    assert per_query["q1"]["ndcg@10"] == pytest.approx(ndcg_q1, abs=1e-4)
+    assert per_query["q3"]["ndcg@10"] == 0.0
+    assert metrics["ndcg@10"] == pytest.approx(0.53772, abs=1e-4)
+    assert metrics["recall@10"] == pytest.approx(0.5)
+
+
+def test_the_query_itself_leaves_its_ranking_before_the_depth_cut() -> None:
+    # As BEIR's searchers do (top_k + 1 fetched, the query's id skipped): DOC_DEPTH others remain.
+    others = [f"d{i}" for i in range(DOC_DEPTH)]
+    ranked = {"q1": ["d0", "q1", *others[1:]], "q2": [*others, "extra"]}
+    kept, removed = drop_identical_ids(ranked, keep=False)
+    assert kept == {"q1": others, "q2": others} and removed == 1
+    kept, held = drop_identical_ids(ranked, keep=True)
+    assert kept["q1"] == ["d0", "q1", *others[1 : DOC_DEPTH - 1]] and len(kept["q2"]) == DOC_DEPTH and held == 1
 
 
 def test_a_document_ranks_at_its_best_chunk() -> None:
@@ -76,6 +106,29 @@ def test_generated_corpus_end_to_end(tmp_path: Path, settings, embedder) -> None
     # The second run finds the corpus already ingested: nothing re-embedded.
     again = run_retrieval_eval(settings, root, "test", configs[:1], tmp_path / "report2")
     assert json.loads((again / "report.json").read_text())["runs"][0]["ingest_seconds"] < 5
+
+
+@pytest.mark.slow
+def test_queries_that_are_documents_never_find_themselves(tmp_path: Path, settings, embedder) -> None:
+    """ArguAna-shaped: each query is a corpus document and judges its counter-argument.  With
+    BEIR's default the counter-argument is first (every metric 1); kept, the query's own document
+    takes rank 1 and the answer rank 2: nDCG@10 = 1/log2(3), MRR@10 = MAP = 1/2."""
+    dataset = load_beir(write_beir_self_queries(tmp_path / "args"))
+    embedders = {settings.embed.model_dump_json(): embedder}
+    modes = ("dense", "bm25", "hybrid")
+    for mode in modes:
+        cfg = settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"mode": mode})})
+        result = evaluate_config(mode, cfg, dataset, embedders)
+        for qid, row in result.per_query.items():
+            assert qid not in row["top10"] and row["top10"][0] == qid.replace("-pro", "-con"), (mode, row)
+        assert result.metrics == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map@100": 1.0}
+        assert result.identical_id_hits == len(ARGUMENTS)  # removed from every query's ranking
+
+        kept = evaluate_config(mode, cfg, dataset, embedders, keep_identical_ids=True)
+        assert all(row["top10"][:2] == [q, q.replace("-pro", "-con")] for q, row in kept.per_query.items()), mode
+        assert kept.metrics["ndcg@10"] == pytest.approx(1 / math.log2(3), abs=1e-4)
+        assert kept.metrics["mrr@10"] == kept.metrics["map@100"] == 0.5 and kept.metrics["recall@10"] == 1.0
+        assert kept.identical_id_hits == len(ARGUMENTS)
 
 
 @pytest.mark.slow

@@ -70,6 +70,19 @@ def test_reports_are_listed_newest_first_with_their_table_plots_and_text(data_di
     assert at.dataframe[0].value["Run"].tolist() == ["bm25"]
 
 
+def test_a_report_shows_its_dataset_warnings(data_dir: Path) -> None:
+    folder = write_report(data_dir / "eval" / "arguana", "arguana", [("bm25", 0.4)])
+    data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    missing = "qrels/test.tsv names 2 documents missing from the corpus (e.g. 'd9', 'd12'); ..."
+    data.update(warnings=[missing], identical_ids="dropped")
+    data["runs"][0]["identical_id_hits"] = 7
+    (folder / "report.json").write_text(json.dumps(data), encoding="utf-8")
+    at = open_app("evaluation")
+    assert missing in texts(at.warning)
+    note = "left out of its ranking, as BEIR does (ignore_identical_ids): 7 hits removed (bm25 7)"
+    assert any(note in c for c in texts(at.caption)), texts(at.caption)
+
+
 def test_an_unreadable_report_is_listed_with_the_reason(data_dir: Path) -> None:
     broken = data_dir / "eval" / "broken"
     broken.mkdir(parents=True)
