@@ -10,10 +10,13 @@ import contextlib
 import csv
 import io
 import logging
+import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag.config import IngestSettings
 from rag.types import Page
 
 
@@ -217,7 +220,64 @@ def is_supported(path: Path) -> bool:
     return path.suffix.lower() in LOADERS
 
 
-def load_file(path: Path, data: bytes) -> list[Page]:
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How far a zip-based file (DOCX, XLSX, and any such format added later) may unpack.
+    The size on disk says nothing: a 3.6 MB .docx can hold 1 GB of XML."""
+
+    max_unpacked_mb: float = 512.0
+    max_ratio: float = 100.0
+
+    @classmethod
+    def from_settings(cls, ingest: IngestSettings) -> ArchiveLimits:
+        return cls(ingest.max_unpacked_mb, ingest.max_compression_ratio)
+
+
+# A part smaller than this cannot hurt whatever its ratio (a page of repeated table cells).
+_RATIO_FROM_BYTES = 2**20
+
+
+def check_archive(data: bytes, limits: ArchiveLimits) -> None:
+    """Refuse a zip whose directory says it unpacks past the limits, before any parser
+    inflates it. The sizes come from the central directory; Python's zipfile stops reading a
+    member at its declared size, so a directory that lies cannot make a parser read more."""
+    if not data.startswith(b"PK\x03\x04"):
+        return
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return  # not a readable zip: the format's own loader says why
+    total = sum(m.file_size for m in members)
+    limit = limits.max_unpacked_mb
+    if total > limit * 2**20:
+        raise LoadError(
+            f"unpacks to {total / 2**20:,.0f} MB (limit {limit:g} MB, ingest.max_unpacked_mb); "
+            "refused before parsing as a possible decompression bomb"
+        )
+    for m in members:
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.file_size > _RATIO_FROM_BYTES and ratio > limits.max_ratio:
+            raise LoadError(
+                f"unpacks to {m.file_size / 2**20:,.0f} MB ({m.filename} from {m.compress_size / 2**20:.2f} MB, "
+                f"{ratio:,.0f} times; limit {limits.max_ratio:g} times, ingest.max_compression_ratio); refused "
+                "before parsing as a possible decompression bomb"
+            )
+
+
+def _entity_bomb(exc: BaseException) -> bool:
+    """Every XML parser the loaders use refuses entity expansion, each in its own words: lxml
+    (python-docx; resolve_entities=False, and libxml2 caps amplification), defusedxml (openpyxl
+    uses it when installed: `make setup` installs it) and expat (html, and anything else)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 10:  # loaders wrap what the parser raised
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    return bool(names & {"EntitiesForbidden", "DTDForbidden", "ExternalReferenceForbidden"}) or "amplification" in text
+
+
+def load_file(path: Path, data: bytes, limits: ArchiveLimits | None = None) -> list[Page]:
     """Pages of `path` (whose bytes the caller already read and hashed)."""
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
@@ -225,7 +285,16 @@ def load_file(path: Path, data: bytes) -> list[Page]:
         raise LoadError(f"unsupported format {path.suffix or '(none)'}; supported: {supported}")
     if not data.strip():
         raise LoadError("file is empty", status="empty")
-    pages = loader(path, data)
+    check_archive(data, limits or ArchiveLimits())
+    try:
+        pages = loader(path, data)
+    except Exception as exc:
+        if _entity_bomb(exc):
+            raise LoadError(
+                "its XML declares entities that expand (an entity-expansion bomb); refused. Re-save it from the "
+                "program that made it"
+            ) from exc
+        raise
     if not any(p.text.strip() for p in pages):
         raise LoadError("no text found in the file", status="empty")
     return pages

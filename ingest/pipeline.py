@@ -8,6 +8,7 @@ keeps what it finished and the next run picks up the rest.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -16,21 +17,27 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ingest.chunking import Chunker, chunker_fingerprint
-from ingest.loaders import LoadError, is_supported, load_file
+from ingest.loaders import ArchiveLimits, LoadError, is_supported, load_file
 from rag.config import Settings
 from rag.embed import Embedder
-from rag.kb import DocumentInfo, KBWriter, KnowledgeBase
+from rag.kb import DocumentInfo, KBError, KBWriter, KnowledgeBase, delete_base
 from rag.lexical import tokenize
 from rag.types import Chunk
 
 # Embedding many files' chunks in one encode call lets sentence-transformers sort by length
-# and fill its batches; this bounds how many chunks wait in memory for that.
+# and fill its batches; this bounds how many chunks wait in memory for that, and how many are
+# encoded between two progress updates.
 FLUSH_CHUNKS = 512
+# A file with this many chunks gets its cost said up front (chunks, minutes) before embedding.
+ESTIMATE_FROM = 1000
+RATE_SAMPLE = 64  # chunks encoded to measure the embedding rate when none is known yet
 
 
 @dataclass
@@ -91,13 +98,30 @@ class _Prepared:
 
 
 class Progress:
-    """What the pipeline tells its caller; the CLI draws it with rich, tests may ignore it."""
+    """What the pipeline tells its caller; the CLI draws it with rich, tests may ignore it.
+    `working` reports progress inside one large file (stage "chunking" or "embedding", in
+    characters or chunks) and may be called from the reader thread; `announce` is a line worth
+    keeping (what a huge file will cost)."""
 
     def files_total(self, n: int) -> None: ...
     def file_done(self, path: str) -> None: ...
     def chunks_done(self, n: int) -> None: ...
     def problem(self, problem: Problem) -> None: ...
     def note(self, text: str) -> None: ...
+    def working(self, path: str, stage: str, done: int, total: int) -> None: ...
+    def announce(self, text: str) -> None: ...
+
+
+def document_key(path: Path) -> str:
+    """How a file is named in the base. A name that is not valid UTF-8 (old zip or Samba
+    archives) cannot be stored as SQLite text, so its odd bytes are kept as escapes (\\xff):
+    the file is still ingested, kept in step, and shown readably."""
+    key = str(path)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        key = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return key
 
 
 def _matches(path: Path, pattern: str | None) -> bool:
@@ -145,7 +169,7 @@ def _walk(root: Path, pattern: str | None, include_hidden: bool, unsupported: Co
 
 
 def _under(path: str, roots: list[Path]) -> bool:
-    return any(path == str(r) or path.startswith(str(r) + os.sep) for r in roots)
+    return any(path == document_key(r) or path.startswith(document_key(r) + os.sep) for r in roots)
 
 
 class IngestPipeline:
@@ -157,6 +181,8 @@ class IngestPipeline:
         self._chunker: Chunker | None = None
         self.progress = Progress()
         self.max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
+        self.limits = ArchiveLimits.from_settings(settings.ingest)
+        self.embed_rate: float | None = None  # chunks/s, once measured in this run
 
     @property
     def chunker(self) -> Chunker:
@@ -176,13 +202,41 @@ class IngestPipeline:
         pattern: str | None = None,
         sync: bool = False,
         progress: Progress | None = None,
+        skip: Collection[str] = (),
     ) -> IngestReport:
+        """`skip`: document keys left untouched (files that killed an earlier worker)."""
         progress = self.progress = progress or Progress()
         report = IngestReport()
         started = time.perf_counter()
         files, roots, problems, report.unsupported = discover(paths, pattern, self.settings.ingest.include_hidden)
+        files = [f for f in files if document_key(f) not in skip] if skip else files
         progress.files_total(len(files))
         known = {d.path: d for d in self.kb.documents()}  # one query, not one per file
+        try:
+            report.generation = self._run(files, roots, problems, known, report, pattern, sync)
+        except BaseException:
+            self._discard_if_new()
+            raise
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _discard_if_new(self) -> None:
+        """A base this run created and never committed to is not left behind, empty, by a failure."""
+        if self.kb.created_now and self.kb.generation == 0:
+            with contextlib.suppress(KBError):  # e.g. another process has started writing it
+                delete_base(self.settings.data_dir, self.kb.name)
+
+    def _run(
+        self,
+        files: list[Path],
+        roots: list[Path],
+        problems: list[Problem],
+        known: dict[str, DocumentInfo],
+        report: IngestReport,
+        pattern: str | None,
+        sync: bool,
+    ) -> int:
+        progress = self.progress
         with KBWriter(self.kb, self.settings.ingest.dense_index) as writer:
             report.reindexed = writer.reindex and bool(known)  # a new base is indexed, not re-indexed
             report.dense_converted = writer.dense_kind if writer.convert and known else None
@@ -196,7 +250,7 @@ class IngestPipeline:
                     run.maybe_commit()
                 run.flush()
                 if sync:
-                    seen = {str(p) for p in files}
+                    seen = {document_key(p) for p in files}
                     stale = [d for d in self.kb.documents() if _is_stale(d.path, seen, roots, pattern)]
                     writer.remove_documents(d.doc_id for d in stale)
                     report.removed = len(stale)
@@ -205,14 +259,13 @@ class IngestPipeline:
                 run.flush()
             finally:
                 reader.stop()
-            report.generation = writer.commit()
-        report.seconds = time.perf_counter() - started
-        return report
+            return writer.commit()
 
     def prepare(self, path: Path, existing: DocumentInfo | None) -> _Prepared:
         """stat -> (skip if unchanged) -> read -> hash -> load -> chunk.  Pure: runs in the reader
         thread, so parsing the next files overlaps with embedding the previous ones."""
-        key = str(path)
+        key = document_key(path)
+        self.progress.working(key, "reading", 0, 0)
         try:
             st = path.stat()
         except OSError as exc:
@@ -234,18 +287,41 @@ class IngestPipeline:
             found.kind = "touched"  # same bytes, new mtime: nothing to re-embed
             return found
         try:
-            pages = load_file(path, data)
+            pages = load_file(path, data, self.limits)
         except LoadError as exc:
             return _problem(key, existing, exc.status, str(exc), found)
+        except MemoryError:
+            limit = self.settings.ingest.worker_memory_mb
+            cap = f" (the ingest worker's limit, ingest.worker_memory_mb = {limit:g})" if limit else ""
+            return _problem(key, existing, "failed", f"ran out of memory while parsing it{cap}", found)
         except Exception as exc:  # a parser bug on one odd file must not stop the run
             reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
             return _problem(key, existing, "failed", reason, found)
         found.pages = len(pages)
-        found.chunks = self.chunker.split_pages(pages)
-        found.tokens = [" ".join(tokenize(c.text)) for c in found.chunks]  # BM25's, off the main thread
+        chunker = self.chunker
+        found.chunks = chunker.split_pages(
+            pages, progress=lambda done, total: self.progress.working(key, "chunking", done, total)
+        )
         if not found.chunks:
             return _problem(key, existing, "empty", "no text found", found)
+        limit = self.settings.ingest.max_chunks_per_file
+        if limit is None or len(found.chunks) <= limit:  # one that is refused is not worth tokenizing
+            found.tokens = [" ".join(tokenize(c.text)) for c in found.chunks]  # BM25's, off the main thread
         return found
+
+
+def _cost(n: int, rate: float | None) -> str:
+    """' (about 62 min to embed at 21 chunks/s)', or '' before any rate is measured."""
+    if not rate:
+        return ""
+    seconds = n / rate
+    if seconds < 90:
+        took = f"{seconds:.0f} s"
+    elif seconds < 90 * 60:
+        took = f"{seconds / 60:.0f} min"
+    else:
+        took = f"{seconds / 3600:.1f} h"
+    return f" (about {took} to embed at {rate:.0f} chunks/s)"
 
 
 def _problem(
@@ -283,7 +359,7 @@ class _Reader:
             for path in files:
                 if self.stopping.is_set():
                     return
-                self._put(pipe.prepare(path, known.get(str(path))))
+                self._put(pipe.prepare(path, known.get(document_key(path))))
             self._put(None)
         except BaseException as exc:  # e.g. the model failed to load: re-raised in the main thread
             self._put(exc)
@@ -323,6 +399,8 @@ class _Run:
         self.pending_sha: set[str] = set()
         self.last_commit = time.monotonic()
         self.last_commit_cost = 0.0
+        self.embedded = 0
+        self.embed_seconds = 0.0
 
     def report_problem(self, problem: Problem) -> None:
         self.progress.problem(problem)
@@ -364,10 +442,33 @@ class _Run:
                 )
                 self.report.duplicate += 1
                 return
+            limit = self.pipe.settings.ingest.max_chunks_per_file
+            big = len(item.chunks) >= ESTIMATE_FROM or (limit is not None and len(item.chunks) > limit)
+            if big and not self.weigh(item):
+                return
             self.pending.append(item)
             self.pending_sha.add(item.sha256)
             if sum(len(p.chunks) for p in self.pending) >= FLUSH_CHUNKS:
                 self.flush()
+
+    def weigh(self, item: _Prepared) -> bool:
+        """Say what a large file will cost before spending it: its chunks and the minutes they
+        take at this machine's embedding rate (measured now if the run has none yet); refuse it
+        past ingest.max_chunks_per_file. True when it goes ahead."""
+        if self.pipe.embed_rate is None:
+            sample = [c.text for c in item.chunks[:RATE_SAMPLE]]
+            self.pipe.embedder.encode_passages(sample[:2])  # the first call pays for warming up
+            started = time.perf_counter()
+            self.pipe.embedder.encode_passages(sample)
+            self.pipe.embed_rate = len(sample) / max(time.perf_counter() - started, 1e-6)
+        n, limit = len(item.chunks), self.pipe.settings.ingest.max_chunks_per_file
+        cost = _cost(n, self.pipe.embed_rate)
+        if limit is not None and n > limit:
+            reason = f"{n:,} chunks{cost} is over ingest.max_chunks_per_file ({limit:,}); raise it to ingest this file"
+            self.record_problem(Problem(item.path, "failed", reason), item.existing, **item.stat)
+            return False
+        self.progress.announce(f"{Path(item.path).name}: {n:,} chunks to embed{cost}")
+        return True
 
     def _stored_twin(self, sha: str, path: str, fingerprint: str) -> int | None:
         row = self.kb.conn.execute(
@@ -381,7 +482,7 @@ class _Run:
         if not self.pending:
             return
         texts = [c.text for p in self.pending for c in p.chunks]
-        vectors = self.pipe.embedder.encode_passages(texts)
+        vectors = self.embed(texts)
         offset = 0
         for item in self.pending:
             n = len(item.chunks)
@@ -401,9 +502,28 @@ class _Run:
             else:
                 self.report.added += 1
         self.report.chunks_written += len(texts)
-        self.progress.chunks_done(len(texts))
         self.pending.clear()
         self.pending_sha.clear()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Encode in slices, so progress moves (and the rate is measured) inside a large file."""
+        parts = []
+        one_file = self.pending[0].path if len(self.pending) == 1 else ""
+        for start in range(0, len(texts), FLUSH_CHUNKS):
+            part = texts[start : start + FLUSH_CHUNKS]
+            began = time.perf_counter()
+            parts.append(self.pipe.embedder.encode_passages(part))
+            self._measured(len(part), time.perf_counter() - began)
+            self.progress.chunks_done(len(part))
+            if one_file and len(texts) > FLUSH_CHUNKS:
+                self.progress.working(one_file, "embedding", start + len(part), len(texts))
+        return np.concatenate(parts)
+
+    def _measured(self, n: int, seconds: float) -> None:
+        self.embedded += n
+        self.embed_seconds += seconds
+        if self.embedded >= RATE_SAMPLE:
+            self.pipe.embed_rate = self.embedded / max(self.embed_seconds, 1e-6)
 
     def maybe_commit(self) -> None:
         """Commit every commit_interval_s, but never spend more than ~5% of the run committing:
@@ -420,10 +540,13 @@ class _Run:
 
 def open_for_ingest(settings: Settings, kb_name: str, embedder: Embedder) -> KnowledgeBase:
     """Create the base if new; refuse one built with a different embedding model.  An existing
-    base is checked by model name, so the model is only loaded if something needs embedding."""
+    base is checked by model name, so the model is only loaded if something needs embedding.
+    A new base is only created once the chunk settings are known to suit the model."""
     root = settings.kb_dir(kb_name)
     if KnowledgeBase.exists(root):
         kb = KnowledgeBase.open(root)
         kb.check_embedder(embedder.name, embedder.settings.normalize)
         return kb
-    return KnowledgeBase.create(root, embedder.identity)
+    identity = embedder.identity  # loads the model, which a new base needs anyway
+    Chunker(settings.chunk, embedder.tokenizer, embedder.max_tokens)  # raises if chunk.size cannot fit
+    return KnowledgeBase.create(root, identity)

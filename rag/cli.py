@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -11,6 +12,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,10 +24,43 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rag.config import ConfigError, Settings, load_settings
-from rag.kb import KBError, KnowledgeBase, delete_base, list_bases
+from rag.config import ConfigError, InvalidKBName, Settings, load_settings
+from rag.kb import KBError, KBLocked, KBReadOnly, KnowledgeBase, delete_base, list_bases
+from rag.terminal import printable
+
+# Exit statuses, the same for every command: 1 the work failed (said why), 2 a usage or
+# configuration error, 75 (EX_TEMPFAIL) the knowledge base is busy: try again.
+FAILED = 1
+USAGE_ERROR = 2
+BUSY = 75
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Problems any command can meet, each turned into one line and its exit status here, once:
+    a knowledge-base name that is not one, a base that is busy or read-only, and an operating
+    system error (a folder that cannot be created, a disk that is full)."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (InvalidKBName, KBError) as exc:
+            raise _fail(str(exc), exit_code(exc)) from exc
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise _fail(f"{exc.strerror or exc}{where}", FAILED) from exc
+
+
+def exit_code(exc: Exception) -> int:
+    """The exit status for a knowledge-base problem (see FAILED, USAGE_ERROR, BUSY)."""
+    if isinstance(exc, KBLocked):
+        return BUSY
+    if isinstance(exc, KBReadOnly):
+        return FAILED
+    return USAGE_ERROR
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Ask questions of your documents: ingest files into a knowledge base, then query it.",
     no_args_is_help=True,
     add_completion=False,
@@ -39,11 +74,9 @@ app.add_typer(config_app, name="config")
 out = Console()
 err = Console(stderr=True)
 
-USAGE_ERROR = 2
-
 
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False)
     return typer.Exit(code)
 
 
@@ -85,11 +118,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _open_kb(settings: Settings, name: str | None) -> KnowledgeBase:
-    root = settings.kb_dir(name or settings.default_kb)
-    try:
-        return KnowledgeBase.open(root)
-    except KBError as exc:
-        raise _fail(str(exc)) from exc
+    return KnowledgeBase.open(settings.kb_dir(settings.kb_name(name)))
 
 
 # ---- ingest --------------------------------------------------------------------------------
@@ -106,7 +135,8 @@ def ingest(
     """Load, chunk and embed documents into a knowledge base.
 
     Re-running skips unchanged files and replaces changed ones. Exit status: 0 all files
-    ingested, 1 some could not be (the rest are committed), 2 usage or configuration error.
+    ingested, 1 some could not be (the rest are committed), 2 usage or configuration error,
+    75 the knowledge base is being written by another process (try again later).
     """
     from ingest.cli_progress import RichProgress
     from ingest.pipeline import IngestPipeline, open_for_ingest
@@ -114,14 +144,16 @@ def ingest(
     from rag.models import ModelNotAvailable
 
     settings = _settings(ctx)
-    name = kb or settings.default_kb
+    name = settings.kb_name(kb)
     embedder = Embedder(settings.embed)
     try:
         base = open_for_ingest(settings, name, embedder)
         pipeline = IngestPipeline(settings, embedder, base)
         with RichProgress(err) as progress:
             report = pipeline.run(paths, pattern=glob, sync=sync, progress=progress)
-    except (KBError, ModelNotAvailable, ValueError) as exc:
+    except KBError as exc:
+        raise _fail(str(exc), exit_code(exc)) from exc
+    except (ModelNotAvailable, ValueError) as exc:
         raise _fail(str(exc)) from exc
     _print_report(name, report)
     raise typer.Exit(report.exit_code)
@@ -146,7 +178,7 @@ def _print_report(name: str, report) -> None:
     out.print(table)
     if report.interrupted:
         out.print("[yellow]interrupted[/]: finished files are committed; run the same command to continue.")
-    elif not (report.added or report.updated or report.removed or report.duplicate):
+    elif not (report.added or report.updated or report.removed or report.duplicate or report.problems):
         out.print("nothing new: every file is already in the knowledge base.")
     if report.reindexed and not report.interrupted:
         out.print("rebuilt the keyword (BM25) index from the stored chunks for this version of rag.")
@@ -179,10 +211,7 @@ def _qa(settings: Settings, kb: str | None):  # -> rag.qa.QA (imports torch lazi
     from rag.retrieve import Retriever
 
     base = _open_kb(settings, kb)
-    try:
-        retriever = Retriever(base, Embedder(settings.embed), settings.retrieve)
-    except KBError as exc:
-        raise _fail(str(exc)) from exc
+    retriever = Retriever(base, Embedder(settings.embed), settings.retrieve)
 
     def chat_model():  # first use only: a "not found" answer never loads the LLM
         with err.status(f"loading {settings.llm.backend} model {settings.llm.model} ..."):
@@ -256,7 +285,7 @@ def _stream_answer(qa, question: str, history, **kw):  # -> rag.qa.Answer
         if isinstance(item, Answer):
             answer = item
         else:
-            out.file.write(item)
+            out.file.write(printable(item))
             out.file.flush()
     out.file.write("\n")
     _print_sources(answer)
@@ -265,16 +294,20 @@ def _stream_answer(qa, question: str, history, **kw):  # -> rag.qa.Answer
 
 def _snippet(text: str, width: int = 160) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    flat = flat if len(flat) <= width else flat[: width - 1] + "…"
+    return printable(flat, one_line=True)
 
 
 def _print_sources(answer) -> None:  # rag.qa.Answer
-    from rag.qa import source_label
+    from rag.qa import source_label as _label
+
+    def source_label(item) -> str:
+        return printable(_label(item), one_line=True)
 
     if answer.error:
-        err.print(f"[bold red]LLM error:[/] {answer.error}", highlight=False)
+        err.print(f"[bold red]LLM error:[/] {escape(printable(answer.error))}", highlight=False)
     if answer.standalone_question != answer.question:
-        out.print(f"[dim](searched for: {answer.standalone_question})[/]", highlight=False)
+        out.print(f"[dim](searched for: {escape(_snippet(answer.standalone_question, 400))})[/]", highlight=False)
     if not answer.found:
         if answer.retrieved:
             out.print("[bold]Closest passages[/] (none answers the question well enough):")
@@ -320,10 +353,10 @@ def kb_list(ctx: typer.Context) -> None:
         with KnowledgeBase.open(root) as base:
             meta = base.meta()
             table.add_row(
-                root.name,
+                root.name + (" (read-only)" if base.read_only else ""),
                 str(len(base.documents())),
                 str(base.chunk_count()),
-                meta["embed_model"],
+                escape(printable(str(meta["embed_model"]), one_line=True)),
                 _human(base.size_on_disk()),
                 str(meta["generation"]),
             )
@@ -336,7 +369,9 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
     with _open_kb(_settings(ctx), name) as base:
         meta = base.meta()
         docs = base.documents()
-        out.print(f"[bold]{name}[/]  {base.root}")
+        out.print(f"[bold]{name}[/]  {escape(printable(str(base.root), one_line=True))}", highlight=False)
+        if base.read_only:
+            out.print("[yellow]read-only[/]: it can be searched, but nothing can be added, changed or removed")
         out.print(
             f"model {meta['embed_model']} (dim {meta['embed_dim']}) | {len(docs)} documents | "
             f"{base.chunk_count()} chunks | {meta.get('dense_index', 'flat')} index | {_human(base.size_on_disk())} | "
@@ -350,8 +385,8 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
             if d.status == "duplicate" and d.content_of in by_id:
                 status = f"duplicate of {Path(by_id[d.content_of].path).name}"
             table.add_row(
-                _display(d.path),
-                status,
+                escape(_display(d.path)),
+                escape(printable(status, one_line=True)),
                 "" if d.pages is None else str(d.pages),
                 str(d.chunks),
                 "" if d.size is None else _human(d.size),
@@ -361,14 +396,17 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
         if bad:
             out.print("[bold red]not ingested[/]")
             for d in bad:
-                out.print(f"  {_display(d.path)} ({d.status}): {d.error}", highlight=False, markup=False)
+                out.print(
+                    f"  {_display(d.path)} ({d.status}): {printable(d.error or '')}", highlight=False, markup=False
+                )
 
 
 def _display(path: str) -> str:
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
+    """A stored document path as the user knows it: relative to here when under here, with
+    any control characters shown as escapes."""
+    with contextlib.suppress(ValueError):
+        path = str(Path(path).relative_to(Path.cwd()))
+    return printable(path, one_line=True)
 
 
 @kb_app.command("rm")
@@ -380,15 +418,16 @@ def kb_rm(
     """Remove documents (and their vectors) from a knowledge base; nothing is re-embedded."""
     from rag.kb import KBWriter
 
-    with _open_kb(_settings(ctx), name) as base:
+    settings = _settings(ctx)
+    root = settings.kb_dir(name)
+    if root.is_symlink():
+        raise _fail(f"{root} is a symbolic link; rag changes only knowledge bases stored inside {root.parent}")
+    with _open_kb(settings, name) as base:
         docs = base.documents()
         targets = [_match_document(docs, f) for f in files]
-        try:
-            with KBWriter(base) as writer:
-                chunks = writer.remove_documents(d.doc_id for d in targets)
-                gen = writer.commit()
-        except KBError as exc:
-            raise _fail(str(exc), 1) from exc
+        with KBWriter(base) as writer:
+            chunks = writer.remove_documents(d.doc_id for d in targets)
+            gen = writer.commit()
         out.print(f"removed {len(targets)} document(s), {chunks} chunk(s); generation {gen}")
 
 
@@ -401,7 +440,7 @@ def _match_document(docs, wanted: str):
         return hits[0]
     if not hits:
         raise _fail(f"no document matches {wanted!r}; see `rag kb show` for the paths")
-    names = "\n  ".join(d.path for d in hits)
+    names = "\n  ".join(printable(d.path, one_line=True) for d in hits)
     raise _fail(f"{wanted!r} matches {len(hits)} documents; give the full path:\n  {names}")
 
 
@@ -411,16 +450,18 @@ def kb_delete(
     name: Annotated[str, typer.Argument(help="knowledge base")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Delete a whole knowledge base from disk."""
-    root = _settings(ctx).kb_dir(name)
-    if not KnowledgeBase.exists(root):
+    """Delete a whole knowledge base from disk: only a knowledge base's own folder inside the data
+    directory, never a symbolic link or any other folder.
+
+    Exit status: 0 deleted, 2 no such knowledge base, 75 it is being written (try again later).
+    """
+    settings = _settings(ctx)
+    root = settings.kb_dir(name)
+    if not root.is_symlink() and not KnowledgeBase.exists(root):
         raise _fail(f"no knowledge base named {name!r} in {root.parent}")
     if not yes and not typer.confirm(f"delete knowledge base {name!r} at {root}?"):
         raise typer.Exit(1)
-    try:
-        delete_base(root)
-    except KBError as exc:
-        raise _fail(str(exc), 1) from exc
+    delete_base(settings.data_dir, name)
     out.print(f"deleted {name}")
 
 

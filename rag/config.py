@@ -9,6 +9,7 @@ the environment at import time.  Nested sections are overridden with a double un
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +67,30 @@ class IngestSettings(_Section):
         description="commit progress at most this often during a long ingest (0 = after every batch)",
     )
     max_file_mb: float = Field(200.0, gt=0, description="files larger than this are refused")
+    max_unpacked_mb: float = Field(
+        512.0,
+        gt=0,
+        description="zip-based files (.docx, .xlsx) that unpack to more than this are refused before parsing",
+    )
+    max_compression_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="... as are those with a part over 1 MB that unpacks to more than this many times its packed "
+        "size (decompression bombs; real Office files measured well under 20)",
+    )
+    max_chunks_per_file: int | None = Field(
+        20_000,
+        ge=1,
+        description="a file that makes more chunks than this is refused, with an estimate of what embedding it "
+        "would cost (20,000 chunks take about 17 min on two CPU cores); unset for no limit",
+    )
     include_hidden: bool = Field(False, description="also ingest dot-files and dot-folders")
+    worker_memory_mb: float | None = Field(
+        4096.0,
+        gt=0,
+        description="ingests started from the web UI run in a worker process capped at this much private memory, "
+        "so a runaway file fails instead of taking the UI down; unset for no cap",
+    )
     dense_index: Literal["flat", "hnsw"] | None = Field(
         None,
         description="FAISS index of the vectors: flat (exact; fast enough to ~1M chunks) or hnsw (approximate, "
@@ -101,10 +125,14 @@ class RetrieveSettings(_Section):
     )
     rerank_model: str | None = Field(None, description="cross-encoder (hub id or local folder); off when unset")
     rerank_candidates: int = Field(20, ge=1, description="fused passages the cross-encoder reorders")
-    min_similarity: float = Field(0.35, description="relevance gate: cosine similarity a passage must reach ...")
+    min_similarity: float = Field(
+        0.35, ge=-1, le=1, description="relevance gate: cosine similarity a passage must reach ..."
+    )
     min_coverage: float = Field(0.6, ge=0, le=1, description="... or the share of the question's words it must contain")
     min_similarity_zh: float | None = Field(
         None,
+        ge=-1,
+        le=1,
         description="the cosine gate for Chinese questions; off by default because the default embedder "
         "is English-only (its Chinese similarities are noise): set it when embed.model is multilingual",
     )
@@ -119,8 +147,15 @@ class LLMSettings(_Section):
     adapter: str | None = Field(None, description="local backend: a peft LoRA folder to apply")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai backend: the server's /v1 URL")
     api_key: str = Field("EMPTY", description="openai backend: API key (vLLM accepts anything by default)")
-    timeout_s: float = Field(120.0, gt=0, description="openai backend: per-request timeout")
-    max_retries: int = Field(1, ge=0)
+    timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="the most time one answer may take, both backends: from the first LLM call (the follow-up "
+        "rewrite included) to the last token, retries included; the text that had arrived is kept",
+    )
+    max_retries: int = Field(
+        1, ge=0, description="openai backend: retries of a failed request (refused, 5xx, 429), within llm.timeout_s"
+    )
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     max_new_tokens: int = Field(256, ge=1)
     condense_history: bool = Field(True, description="rewrite follow-ups into standalone questions")
@@ -161,13 +196,51 @@ class Settings(BaseSettings):
         description="converted models and other re-creatable files",
     )
 
+    @field_validator("data_dir", "cache_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        # Path("") is ".": an empty RAG_DATA_DIR would quietly put knowledge bases in whatever
+        # folder the command runs from.
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty; give a folder, or leave it unset for the default")
+        return v
+
     @field_validator("data_dir", "cache_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return Path(v).expanduser()
 
+    @field_validator("default_kb")
+    @classmethod
+    def _a_kb_name(cls, v: str) -> str:
+        return check_kb_name(v)
+
+    def kb_name(self, given: str | None) -> str:
+        """The base a command works on: the one named (`--kb ""` is not "none given"), else default_kb."""
+        return check_kb_name(self.default_kb if given is None else given)
+
     def kb_dir(self, name: str) -> Path:
+        """The folder of knowledge base `name`: always directly inside <data_dir>/kb, whatever
+        the name (every entry point turns names into folders here, and only here)."""
+        check_kb_name(name)
         return self.data_dir / "kb" / name
+
+
+# A name is a folder name: never a path ("/", ".."), never hidden, never a surprise for a shell.
+KB_NAME_RULE = "letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 characters"
+_KB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class InvalidKBName(ValueError):
+    """A knowledge-base name that could not be a plain folder inside the data directory."""
+
+
+def check_kb_name(name: str) -> str:
+    """`name` if it is a valid knowledge-base name; else InvalidKBName, with the rule."""
+    if not _KB_NAME.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise InvalidKBName(f"{shown!r} is not a knowledge-base name: use {KB_NAME_RULE}")
+    return name
 
 
 def _default_data_dir() -> Path:
@@ -213,14 +286,18 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             return tuple(sources)
 
+    where = f" in {path}" if path else ""
+    unknown = _unknown_env_vars(os.environ)
     try:
         built = _FileSettings(**overrides)
     except ValidationError as exc:
-        where = f" in {path}" if path else ""
-        problems = "\n".join(f"  {_explain(error)}" for error in exc.errors())
+        errors = [e for e in exc.errors() if not _already_flagged(e, unknown)]
+        problems = "\n".join(f"  {line}" for line in [*unknown, *map(_explain, errors)])
         raise ConfigError(f"invalid settings{where}:\n{problems}") from exc
     except Exception as exc:  # a TOML syntax error
         raise ConfigError(f"invalid settings in {path}:\n  {exc}") from exc
+    if unknown:
+        raise ConfigError("invalid settings:\n" + "\n".join(f"  {line}" for line in unknown))
     # Hand back the plain type so nothing downstream sees the throwaway subclass.
     return Settings.model_construct(**dict(built))
 
@@ -234,21 +311,58 @@ def _explain(error: Any) -> str:
     env = "RAG_" + "__".join(loc).upper()
     source = f" (from {env})" if env in {k.upper() for k in os.environ} else ""
     if error["type"] == "extra_forbidden":
-        return f"{key}{source}: not a setting{_did_you_mean(loc)}"
+        close = _closest(loc)
+        return f"{key}{source}: not a setting" + (f"; did you mean {'.'.join(close)!r}?" if close else "")
     secret = any(word in loc[-1] for word in ("password", "key"))
     value = "" if isinstance(error.get("input"), dict) else " = ***" if secret else f" = {error['input']!r}"
     message = error["msg"].removeprefix("Value error, ")  # our own validators' text, as written
     return f"{key}{value}{source}: {message}"
 
 
-def _did_you_mean(loc: list[str]) -> str:
+def _closest(loc: list[str]) -> list[str] | None:
+    """The setting a misspelt key most likely meant (each part matched in turn), or None."""
     import difflib
 
     model: Any = Settings
-    for part in loc[:-1]:
-        field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return ""
-        model = field.annotation
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
-    return f"; did you mean {'.'.join([*loc[:-1], close[0]])!r}?" if close else ""
+    fixed: list[str] = []
+    for i, part in enumerate(loc):
+        fields = getattr(model, "model_fields", {})
+        name = part if part in fields else next(iter(difflib.get_close_matches(part, list(fields), n=1)), None)
+        if name is None:
+            return None
+        fixed.append(name)
+        annotation = fields[name].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model is None and i < len(loc) - 1:
+            return None
+    return fixed if fixed != loc else None
+
+
+def _already_flagged(error: Any, unknown: list[str]) -> bool:
+    """pydantic also rejects an unknown key inside a known section: say it once."""
+    env = "RAG_" + "__".join(str(part) for part in error["loc"]).upper()
+    return error["type"] == "extra_forbidden" and any(line.upper().startswith(env + ":") for line in unknown)
+
+
+def _unknown_env_vars(environ: Any) -> list[str]:
+    """RAG_* variables that name no setting. pydantic-settings ignores them, so a misspelt
+    section (RAG_CHUNKK__SIZE) would silently change nothing."""
+    problems = []
+    for key in sorted(environ):
+        if not key.upper().startswith("RAG_"):
+            continue
+        loc = key[4:].lower().split("__")
+        model: Any = Settings
+        known = True
+        for part in loc:
+            fields = getattr(model, "model_fields", None)
+            if not fields or part not in fields:
+                known = False
+                break
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if not known:
+            close = _closest(loc)
+            guess = f"; did you mean {'RAG_' + '__'.join(close).upper()}?" if close else ""
+            problems.append(f"{key}: not a setting{guess}")
+    return problems

@@ -21,6 +21,7 @@ the generation number can still open them.  Nothing is pickled.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,6 +29,7 @@ import re
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from rag.config import check_kb_name
 from rag.embed import EmbedderIdentity
 from rag.lexical import tokenize
 from rag.types import Chunk
@@ -106,7 +109,11 @@ class ModelMismatch(KBError):
 
 
 class KBLocked(KBError):
-    pass
+    """Another process is writing the base: try again when it has finished."""
+
+
+class KBReadOnly(KBError):
+    """The base can be searched but not changed (a read-only filesystem, or not writable by us)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,28 @@ def _connect(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(db: Path) -> sqlite3.Connection:
+    """A connection that never writes: a WAL database needs its -shm file, which a read-only
+    folder cannot hold, so when plain read-only mode cannot open it, open it as immutable (the
+    folder cannot change under us either)."""
+    uri = "file:" + urllib.parse.quote(str(db.absolute()))
+    last: sqlite3.Error | None = None
+    for flags in ("?mode=ro", "?immutable=1"):
+        conn = sqlite3.connect(uri + flags, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _writable(root: Path) -> bool:
+    return os.access(root, os.W_OK) and os.access(root / "kb.sqlite", os.W_OK)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -155,9 +184,11 @@ class KnowledgeBase:
     so a long-running reader (the UI) always sees a complete generation.
     """
 
-    def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False) -> None:
         self.root = root
         self.conn = conn
+        self.read_only = read_only
+        self.created_now = False  # True when create() made it: a failed first ingest removes it
         self._dense: tuple[int, Any] | None = None
         self._bm25: tuple[int, Any, np.ndarray] | None = None
 
@@ -168,10 +199,13 @@ class KnowledgeBase:
         db = root / "kb.sqlite"
         if not db.is_file():
             return False
-        conn = sqlite3.connect(db, timeout=30)
+        try:
+            conn = _connect_read_only(db)  # only looks: works on a read-only base too
+        except sqlite3.DatabaseError:  # not a database we can read
+            return False
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:  # no meta table: creation never committed
+        except sqlite3.DatabaseError:  # no meta table: creation never committed
             return False
         finally:
             conn.close()
@@ -179,21 +213,35 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, root: Path) -> KnowledgeBase:
+        """Open for reading (and for a KBWriter); a base we cannot write is opened read-only,
+        so it can still be searched."""
         if not cls.exists(root):
             raise KBError(f"no knowledge base at {root}; create it with `rag ingest PATH --kb {root.name}`")
-        kb = cls(root, _connect(root / "kb.sqlite"))
+        db = root / "kb.sqlite"
+        try:
+            kb = cls(root, _connect(db)) if _writable(root) else cls(root, _connect_read_only(db), read_only=True)
+        except sqlite3.DatabaseError as exc:
+            raise KBError(f"cannot open the knowledge base at {root}: {exc}") from exc
         kb._check_schema()
         return kb
 
     @classmethod
     def create(cls, root: Path, identity: EmbedderIdentity) -> KnowledgeBase:
         """Open, creating the folder and an empty generation 0 if it is new."""
-        root.mkdir(parents=True, exist_ok=True)
-        conn = _connect(root / "kb.sqlite")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            conn = _connect(root / "kb.sqlite")
+        except (OSError, sqlite3.OperationalError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise KBError(
+                f"cannot create the knowledge base folder {root}: {reason}; set data_dir (or RAG_DATA_DIR) "
+                "to a folder you can write"
+            ) from exc
         conn.execute("BEGIN IMMEDIATE")  # tables and meta appear together or not at all
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        existed = conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
         defaults = {
             "schema_version": SCHEMA_VERSION,
             "embed_model": identity.name,
@@ -209,6 +257,7 @@ class KnowledgeBase:
         )
         conn.execute("COMMIT")
         kb = cls(root, conn)
+        kb.created_now = not existed
         kb._check_schema()
         kb.check_embedder(identity.name, identity.normalize, identity.dimension)
         return kb
@@ -415,14 +464,7 @@ class KBWriter:
         if dense_index is not None:  # checked before taking the lock, which a raise would keep
             _check_dense_kind(dense_index)
         self.kb = kb
-        self._lock_fh = open(kb.root / "write.lock", "a+")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_fh.close()
-            raise KBLocked(
-                f"knowledge base {kb.name!r} is being written by another process; wait for it to finish"
-            ) from exc
+        self._lock_fh = _take_write_lock(kb)
         self._lock_fh.seek(0)
         self._lock_fh.truncate()
         self._lock_fh.write(str(os.getpid()))
@@ -662,6 +704,41 @@ class KBWriter:
         self.close()
 
 
+def _take_write_lock(kb: KnowledgeBase) -> Any:
+    """The base's write.lock, held (flock) until the writer closes; every way this fails is a
+    sentence, not a traceback."""
+    if kb.read_only:
+        raise _read_only(kb)
+    try:
+        fh = open(kb.root / "write.lock", "a+")  # noqa: SIM115 - held until close()
+    except FileNotFoundError as exc:
+        raise KBError(
+            f"knowledge base {kb.name!r} was deleted while this command was starting; nothing was written"
+        ) from exc
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise _read_only(kb) from exc
+        raise
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise KBLocked(
+            f"knowledge base {kb.name!r} is being written by another process{who}; try again when it has finished"
+        ) from exc
+    return fh
+
+
+def _read_only(kb: KnowledgeBase) -> KBReadOnly:
+    return KBReadOnly(
+        f"knowledge base {kb.name!r} at {kb.root} is read-only (a read-only filesystem, or not writable by this "
+        "user): it can be searched, but nothing can be added, changed or removed"
+    )
+
+
 def windows(rows: Sequence[tuple[int, int, str]], width: int) -> list[list[str]]:
     """BM25 tokens of each chunk with those of `width` neighbours on each side in its document.
     `rows`: (chunk_id, doc_id, space-joined tokens), in document and reading order."""
@@ -681,16 +758,34 @@ def _remove(path: Path) -> None:
 
 
 def list_bases(data_dir: Path) -> list[Path]:
+    """The bases in <data_dir>/kb whose names are valid (anything else there is not ours)."""
     root = data_dir / "kb"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if KnowledgeBase.exists(p))
+    return sorted(p for p in root.iterdir() if _valid_name(p.name) and KnowledgeBase.exists(p))
 
 
-def delete_base(root: Path) -> None:
-    """Delete a whole base; refuses while a writer holds it."""
-    if not KnowledgeBase.exists(root):
-        raise KBError(f"no knowledge base at {root}")
+def _valid_name(name: str) -> bool:
+    try:
+        check_kb_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def delete_base(data_dir: Path, name: str) -> None:
+    """Delete knowledge base `name`, and nothing else: only a folder directly inside
+    <data_dir>/kb, not a symbolic link, that holds a base's database; refuses while a writer
+    holds it."""
+    container = data_dir / "kb"
+    root = container / check_kb_name(name)
+    if root.is_symlink():
+        raise KBError(
+            f"{root} is a symbolic link (to {os.readlink(root)}); rag deletes only knowledge bases stored inside "
+            f"{container}. Remove the link yourself if it should go"
+        )
+    if not KnowledgeBase.exists(root) or root.resolve().parent != container.resolve():
+        raise KBError(f"no knowledge base named {name!r} in {container}")
     kb = KnowledgeBase.open(root)
     writer = KBWriter(kb)  # holds the lock while the folder goes
     kb.close()

@@ -4,7 +4,6 @@ progress bar); the document table with the reason for any failure; remove docume
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,12 +13,11 @@ from typing import Any
 import streamlit as st
 
 from ingest.pipeline import IngestReport, Problem, Progress
-from rag.config import Settings
+from rag.config import KB_NAME_RULE, InvalidKBName, Settings, check_kb_name
 from rag.kb import DocumentInfo, KBError, KBWriter, KnowledgeBase, delete_base
 from ui import state
 from ui.uploads import Stored, is_upload, store_upload, supported_types
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STATUS_LABEL = {"ok": "ready", "empty": "no text", "failed": "failed", "duplicate": "duplicate"}
 
 
@@ -28,8 +26,10 @@ def name_problem(name: str, existing: Sequence[str]) -> str | None:
     """Why `name` cannot be a new base's name, or None.  Names become folder names."""
     if not name:
         return "Give the knowledge base a name."
-    if not _NAME.match(name):
-        return "Use letters, digits, '-', '_' or '.', starting with a letter or digit (at most 64 characters)."
+    try:
+        check_kb_name(name)
+    except InvalidKBName:
+        return f"Use {KB_NAME_RULE}."
     if name in existing:
         return f"A knowledge base named '{name}' already exists."
     return None
@@ -94,6 +94,7 @@ class BarProgress(Progress):
         self.chunks = 0
         self.current = ""
         self.problems: list[Problem] = []
+        self.notices: list[str] = []
         self._owner = threading.get_ident()
 
     def files_total(self, n: int) -> None:
@@ -116,6 +117,18 @@ class BarProgress(Progress):
         self.current = text
         self._draw()
 
+    def working(self, path: str, stage: str, done: int, total: int) -> None:
+        name = Path(path).name
+        if stage == "reading":
+            self.current = name
+        else:
+            share = f"{done / total:.0%}" if stage == "chunking" else f"{done:,} of {total:,} passages"
+            self.current = f"{name}: {stage} {share}"
+        self._draw()
+
+    def announce(self, text: str) -> None:
+        self.notices.append(text)
+
     def _draw(self) -> None:
         if threading.get_ident() != self._owner:
             return
@@ -131,11 +144,10 @@ class AddOutcome:
     error: str | None = None
 
 
-def add_files(
-    settings: Settings, name: str, uploads: Sequence[tuple[str, bytes]], embedder: Any, progress: Progress
-) -> AddOutcome:
-    """Store the uploads under the base's folder and ingest them."""
-    from ingest.pipeline import IngestPipeline, open_for_ingest
+def add_files(settings: Settings, name: str, uploads: Sequence[tuple[str, bytes]], progress: Progress) -> AddOutcome:
+    """Store the uploads under the base's folder and ingest them in a worker process with a
+    memory cap (ingest.worker_memory_mb): a runaway file fails, the UI stays up for everyone."""
+    from ingest.worker import WorkerError, ingest_in_worker
 
     root = settings.kb_dir(name)
     limit = settings.ui.max_upload_mb
@@ -144,9 +156,8 @@ def add_files(
     if not paths:
         return outcome
     try:
-        with open_for_ingest(settings, name, embedder) as kb:
-            outcome.report = IngestPipeline(settings, embedder, kb).run(paths, progress=progress)
-    except KBError as exc:
+        outcome.report = ingest_in_worker(settings, name, paths, progress, settings.ingest.worker_memory_mb)
+    except (KBError, WorkerError) as exc:
         outcome.error = str(exc)
     return outcome
 
@@ -276,9 +287,10 @@ def _upload(settings: Settings, name: str) -> None:
     if not st.button(label, type="primary", disabled=not count, icon=":material/upload:", key="add_files"):
         return
     bar = st.progress(0.0, text="Saving the files…")
-    outcome = add_files(
-        settings, name, [(f.name, f.getvalue()) for f in files or []], state.embedder(settings), BarProgress(bar)
-    )
+    progress = BarProgress(bar)
+    outcome = add_files(settings, name, [(f.name, f.getvalue()) for f in files or []], progress)
+    for notice in progress.notices:
+        state.flash("info", notice)
     bar.progress(1.0, text="Done")
     for kind, text in outcome_messages(outcome):
         state.flash(kind, text)
@@ -328,7 +340,7 @@ def _delete(settings: Settings, name: str, n_docs: int) -> None:
             return
     state.forget_kb(settings, name)
     try:
-        delete_base(settings.kb_dir(name))
+        delete_base(settings.data_dir, name)
     except KBError as exc:
         st.error(str(exc))
         return

@@ -212,13 +212,31 @@ def test_missing_path_argument_is_reported_not_recorded(settings, embedder, corp
         assert kb.document_by_path(str(corpus / "no-such-folder")) is None
 
 
-def test_unreadable_file_as_a_normal_user(settings, embedder, corpus: Path) -> None:
+def test_unreadable_file_as_a_normal_user(tmp_path: Path) -> None:
+    """Root reads every file whatever its mode; as root (as in CI) the command runs without the
+    capabilities that allow it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as a user would."""
+    import shutil
+
+    from tests.hostile.conftest import rag
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "open.txt").write_text("Anyone may read this note about the warranty.", encoding="utf-8")
+    (docs / "secret.txt").write_text("x", encoding="utf-8")
+    (docs / "secret.txt").chmod(0)
+    prefix: list[str] = []
     if os.geteuid() == 0:
-        pytest.skip("root reads every file whatever its mode (the broken-link case covers unreadable paths)")
-    (corpus / "secret.txt").write_text("x")
-    (corpus / "secret.txt").chmod(0)
-    report = ingest(settings, embedder, corpus)
-    assert report.failed == 1 and "Permission denied" in report.problems[0].reason
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("needs setpriv (util-linux) to run the command without root's file-reading capabilities")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    run = rag("ingest", str(docs), "--kb", "t", data=tmp_path / "data", prefix=prefix)
+    assert run.code == 1, run.text
+    assert "secret.txt: cannot read: Permission denied" in run.err
+    assert [line.split()[:2] for line in run.out.splitlines() if line.strip().startswith(("added", "failed"))] == [
+        ["added", "1"],
+        ["failed", "1"],
+    ]
 
 
 def test_glob_limits_what_is_ingested(settings, embedder, corpus: Path) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rag.config import InvalidKBName
 from rag.embed import EmbedderIdentity
-from rag.kb import BM25_WINDOW, KBError, KBWriter, KnowledgeBase, delete_base, list_bases, windows
+from rag.kb import BM25_WINDOW, KBError, KBLocked, KBWriter, KnowledgeBase, delete_base, list_bases, windows
 from rag.types import Chunk
 from tests.fixtures.kb_checks import assert_consistent
 
@@ -98,10 +100,46 @@ def test_a_newer_schema_is_refused_with_a_reason(tmp_path: Path) -> None:
 
 
 def test_delete_base_refuses_while_written(tmp_path: Path) -> None:
-    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb), pytest.raises(KBError):
-        delete_base(tmp_path / "kb")
-    delete_base(tmp_path / "kb")
-    assert not (tmp_path / "kb").exists()
+    root = tmp_path / "kb" / "docs"
+    with KnowledgeBase.create(root, IDENTITY) as kb, KBWriter(kb), pytest.raises(KBLocked):
+        delete_base(tmp_path, "docs")
+    delete_base(tmp_path, "docs")
+    assert not root.exists() and (tmp_path / "kb").is_dir()
+
+
+@pytest.mark.parametrize("name", [".", "..", "../docs", "/tmp", "a/b", "x" * 65, "", ".hidden"])
+def test_delete_base_takes_only_a_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidKBName, match="letters, digits"):
+        delete_base(tmp_path / "data", name)
+
+
+def test_delete_base_removes_only_a_knowledge_base_and_never_follows_a_link(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "kb" / "notes").mkdir(parents=True)
+    (data / "kb" / "notes" / "mine.txt").write_text("not rag's")  # a folder that is not a base
+    real = tmp_path / "elsewhere"
+    KnowledgeBase.create(real, IDENTITY).close()  # a real base, outside the data directory
+    (data / "kb" / "linked").symlink_to(real)
+    with pytest.raises(KBError, match="no knowledge base named 'notes'"):
+        delete_base(data, "notes")
+    with pytest.raises(KBError, match="symbolic link"):
+        delete_base(data, "linked")
+    assert (data / "kb" / "notes" / "mine.txt").is_file() and (real / "kb.sqlite").is_file()
+
+
+def test_the_write_lock_of_a_base_deleted_meanwhile_is_a_sentence(tmp_path: Path) -> None:
+    root = tmp_path / "kb" / "docs"
+    kb = KnowledgeBase.create(root, IDENTITY)
+    delete_base(tmp_path, "docs")  # by another process, between opening and writing
+    with pytest.raises(KBError, match="was deleted while this command was starting"):
+        KBWriter(kb)
+    kb.close()
+
+
+def test_a_busy_base_names_the_process_writing_it(tmp_path: Path) -> None:
+    busy = rf"another process \(pid {os.getpid()}\); try again"
+    with KnowledgeBase.create(tmp_path / "kb", IDENTITY) as kb, KBWriter(kb), pytest.raises(KBLocked, match=busy):
+        KBWriter(kb)
 
 
 def test_bm25_windows_join_each_chunk_with_its_neighbours_in_the_same_document() -> None:

@@ -27,6 +27,13 @@ def data_dir(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return data
 
 
+@pytest.fixture
+def sample_data(data_dir: Path, sample_kb_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app on the demo corpus, ingested once per session."""
+    monkeypatch.setenv("RAG_DATA_DIR", str(sample_kb_dir))
+    return sample_kb_dir
+
+
 def open_app(page: str = "chat"):
     """The app as a browser session would see it, on one of its pages."""
     from streamlit.testing.v1 import AppTest

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rag.cli import app as cli
 from rag.config import load_settings
-from tests.ui.conftest import APP, open_app, texts
+from tests.ui.conftest import APP, PAGES, open_app, texts
 from ui.launch import PROJECT_ROOT, is_loopback, streamlit_command, streamlit_env
 
 
@@ -73,18 +73,81 @@ def test_app_reads_the_config_file_passed_by_rag_ui() -> None:
     assert config_path(["-x", "tests/ui"]) is None
 
 
-def test_password_is_asked_for_before_anything_is_shown(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def password(monkeypatch: pytest.MonkeyPatch) -> str:
+    from ui.auth import shared_brake
+
+    shared_brake.clear()  # a fresh count of wrong passwords, as in a new process
     monkeypatch.setenv("RAG_UI__PASSWORD", "open sesame")
-    at = open_app()
+    return "open sesame"
+
+
+def everything_sent(at) -> str:
+    """All the app sent to the browser: every element's text and its whole message."""
+
+    def walk(node) -> list[str]:
+        parts = [str(getattr(node, "proto", "")), *(str(getattr(node, a, "")) for a in ("value", "label", "body"))]
+        return parts + [text for child in getattr(node, "children", {}).values() for text in walk(child)]
+
+    return "\n".join(walk(at._tree))
+
+
+def sign_in(at, given: str):
+    at.text_input[0].input(given)
+    at.button[0].click()
+    return at.run()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_asks_for_the_password_and_sends_nothing_of_the_bases(
+    sample_data: Path, password: str, page: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_app(page)
     assert not at.title and [t.label for t in at.text_input] == ["Password"]
-    at.text_input[0].input("guess")
-    at.button[0].click()
-    at.run()
+    sent = everything_sent(at)
+    if page != "evaluation":  # without a password the same page shows the base: the check can fail
+        monkeypatch.delenv("RAG_UI__PASSWORD")
+        assert "sample" in everything_sent(open_app(page))
+    for secret in ("sample", "Helios", "warranty", "海川", "helios-h10"):
+        assert secret not in sent, f"{secret!r} reached the browser before the password"
+    assert not at.sidebar.children, "not even the navigation"
+
+
+def test_the_right_password_opens_the_app(data_dir: Path, password: str) -> None:
+    at = open_app()
+    sign_in(at, "guess")
     assert texts(at.error) == ["Wrong password."] and not at.title
-    at.text_input[0].input("open sesame")
-    at.button[0].click()
-    at.run()
+    sign_in(at, password)
     assert [t.value for t in at.title] == ["Chat"]
+
+
+def test_wrong_passwords_from_one_client_are_slowed_down(data_dir: Path, password: str) -> None:
+    at = open_app()
+    for _ in range(3):
+        sign_in(at, "guess")
+        assert texts(at.error) == ["Wrong password."]
+    sign_in(at, "guess")
+    assert texts(at.error) == ["Wrong password. Try again in 1 s."]
+    sign_in(at, password)  # right, but too soon: not even checked
+    assert texts(at.error)[0].startswith("Too many wrong passwords. Try again in") and not at.title
+    other_tab = open_app()  # a new session from the same client waits too
+    sign_in(other_tab, password)
+    assert texts(other_tab.error)[0].startswith("Too many wrong passwords") and not other_tab.title
+
+
+def test_the_brake_doubles_each_wait_and_a_right_password_clears_it() -> None:
+    from ui.auth import FREE_ATTEMPTS, MAX_WAIT_S, PasswordBrake
+
+    now = [100.0]
+    brake = PasswordBrake(clock=lambda: now[0])
+    waits = [brake.failed("1.2.3.4") for _ in range(FREE_ATTEMPTS + 12)]
+    assert waits[:FREE_ATTEMPTS] == [0.0] * FREE_ATTEMPTS
+    assert waits[FREE_ATTEMPTS : FREE_ATTEMPTS + 4] == [1.0, 2.0, 4.0, 8.0] and waits[-1] == MAX_WAIT_S
+    assert brake.wait_s("1.2.3.4") == MAX_WAIT_S and brake.wait_s("5.6.7.8") == 0.0, "per client"
+    now[0] += MAX_WAIT_S
+    assert brake.wait_s("1.2.3.4") == 0.0
+    brake.succeeded("1.2.3.4")
+    assert brake.failed("1.2.3.4") == 0.0, "a right password starts the count again"
 
 
 def test_a_broken_config_is_shown_not_a_traceback(data_dir: Path) -> None:

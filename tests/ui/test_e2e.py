@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,13 @@ def rag_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def ui_url(tmp_path: Path, rag_env: dict[str, str]) -> Iterator[str]:
     """`rag ui` on a free port, in its own process group."""
+    with running_ui(tmp_path, rag_env) as url:
+        yield url
+
+
+@contextmanager
+def running_ui(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    env = rag_env
     log_path = tmp_path / "rag-ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -190,3 +196,29 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     ingest = [sys.executable, "-m", "rag", "ingest", str(notes), "--kb", "handbook"]
     subprocess.run(ingest, env=rag_env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
     page.get_by_text("2 documents · ").wait_for(timeout=30_000)
+
+
+def test_with_a_password_no_page_shows_anything_before_sign_in(
+    browser, rag_env: dict[str, str], tmp_path: Path
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "secret-plans.txt").write_text("The launch date is the ninth of March.", encoding="utf-8")
+    ingest = [sys.executable, "-m", "rag", "ingest", str(docs), "--kb", "board-papers"]
+    subprocess.run(ingest, env=rag_env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    env = rag_env | {"RAG_UI__PASSWORD": "open sesame"}
+    with running_ui(tmp_path, env) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        for path in ("", "knowledge_bases", "evaluation"):
+            page.goto(f"{url}/{path}")
+            page.get_by_role("button", name="Sign in").wait_for()
+            page.wait_for_timeout(1500)  # whatever else the server would send has had time to arrive
+            html = page.content()
+            for secret in ("board-papers", "secret-plans", "launch date"):
+                assert secret not in html, f"{secret!r} on /{path} before sign-in"
+            assert page.get_by_test_id("stSidebarNav").count() == 0
+        shot(page, "06-sign-in")
+        page.get_by_label("Password", exact=True).fill("open sesame")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("board-papers").first.wait_for(timeout=WAIT_MS)  # the same page, signed in, shows it
