@@ -45,11 +45,11 @@ def clustered(n: int, dim: int, seed: int, centres: int = CENTRES) -> np.ndarray
 
 def build(root: Path, identity, kind: str, vectors: np.ndarray) -> float:
     """Seconds to write a base of `kind` holding `vectors`, PER_DOC chunks a document."""
-    from rag.kb import KBWriter, KnowledgeBase
+    from rag.store.local import LocalStore
     from rag.types import Chunk
 
     started = time.perf_counter()
-    with KnowledgeBase.create(root, identity) as kb, KBWriter(kb, kind) as writer:
+    with LocalStore.create(root, identity) as kb, kb.writer(kind) as writer:
         for doc, start in enumerate(range(0, len(vectors), PER_DOC)):
             part = vectors[start : start + PER_DOC]
             source = f"synthetic/{doc:06d}.txt"
@@ -70,9 +70,9 @@ def run_queries(retriever, queries: np.ndarray) -> tuple[list[list[int]], list[f
 
 
 def removal_seconds(root: Path) -> float:
-    from rag.kb import KBWriter, KnowledgeBase
+    from rag.store.local import LocalStore
 
-    with KnowledgeBase.open(root) as kb, KBWriter(kb) as writer:
+    with LocalStore.open(root) as kb, kb.writer() as writer:
         started = time.perf_counter()
         writer.remove_documents([kb.documents()[0].doc_id])
         writer.commit()
@@ -86,8 +86,8 @@ def ms(seconds: list[float]) -> tuple[float, float]:
 
 def bench_size(n: int, n_queries: int, efs: list[int], centres: int, embedder, work: Path) -> None:
     from rag.config import RetrieveSettings
-    from rag.kb import KnowledgeBase
     from rag.retrieve import Retriever
+    from rag.store.local import LocalStore
 
     identity = embedder.identity
     vectors = clustered(n, identity.dimension, seed=n, centres=centres)
@@ -95,15 +95,15 @@ def bench_size(n: int, n_queries: int, efs: list[int], centres: int, embedder, w
     roots = {kind: work / f"{kind}-{n}" for kind in ("flat", "hnsw")}
     built = {kind: build(root, identity, kind, vectors) for kind, root in roots.items()}
     print(f"\n{n:,} chunks: build flat {built['flat']:.1f} s, hnsw {built['hnsw']:.1f} s")
-    with KnowledgeBase.open(roots["flat"]) as flat_kb:
+    with LocalStore.open(roots["flat"]) as flat_kb:
         flat_retriever = Retriever(flat_kb, embedder, RetrieveSettings())
         run_queries(flat_retriever, queries[:5])  # load the index before timing
         exact, flat_s = run_queries(flat_retriever, queries)
     f50, f95 = ms(flat_s)
     print(f"  {'index':<16}{'p50 ms':>9}{'p95 ms':>9}{'speed-up':>10}{'recall@10':>11}")
     print(f"  {'flat (baseline)':<16}{f50:>9.2f}{f95:>9.2f}{1.0:>9.1f}x{1.0:>11.3f}")
-    with KnowledgeBase.open(roots["hnsw"]) as hnsw_kb:
-        for ef in efs:
+    for ef in efs:
+        with LocalStore.open(roots["hnsw"], ef_search=ef) as hnsw_kb:
             retriever = Retriever(hnsw_kb, embedder, RetrieveSettings(hnsw_ef_search=ef))
             run_queries(retriever, queries[:5])
             found, hnsw_s = run_queries(retriever, queries)

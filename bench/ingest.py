@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,18 @@ print(json.dumps({
 """
 
 BARE = r"""
-import json, sqlite3, sys, time
+import json, sys, time
+from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from rag.models import resolve_embedder
 from rag.config import load_settings
+from rag.store.local import LocalStore
 
 settings = load_settings()
-texts = [r[0] for r in sqlite3.connect(sys.argv[1]).execute("SELECT text FROM chunks ORDER BY chunk_id")]
+with LocalStore.open(Path(sys.argv[1])) as kb:
+    ids = [cid for cid, _ in kb.chunk_ids()]
+    chunks = kb.chunks(ids)
+texts = [chunks[cid].text for cid in ids]
 model = SentenceTransformer(resolve_embedder(settings.embed.model), device="cpu")
 model.encode(texts[:64], batch_size=settings.embed.batch_size)  # warm-up
 started = time.perf_counter()
@@ -109,7 +113,7 @@ def main() -> None:
         f"(model load {first['load_s']:.1f} s, not counted)"
     )
 
-    bare = run_json(BARE, str(data / "kb" / "bench" / "kb.sqlite"), env=env)
+    bare = run_json(BARE, str(data / "kb" / "bench"), env=env)
     bare_rate = bare["chunks"] / bare["seconds"]
     print(
         f"bare SentenceTransformer.encode of the same {bare['chunks']} chunks: {bare['seconds']:.1f} s "
@@ -134,8 +138,12 @@ def main() -> None:
     print(f"peak RSS of the ingest process: {peak_gib:.2f} GiB (target < 2 GiB) {'OK' if peak_gib < 2 else 'MISSED'}")
     size = sum(p.stat().st_size for p in (data / "kb" / "bench").rglob("*") if p.is_file())
     print(f"knowledge base on disk: {size / 2**20:.1f} MiB for {first['chunks']} chunks")
-    with sqlite3.connect(data / "kb" / "bench" / "kb.sqlite") as conn:
-        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
+    from collections import Counter
+
+    from rag.store.local import LocalStore
+
+    with LocalStore.open(data / "kb" / "bench") as kb:
+        statuses = dict(Counter(d.status for d in kb.documents()))
     print(f"documents by status: {statuses}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -118,18 +118,18 @@ def random_unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
 
 def build_base(settings, identity, name: str, texts: list[str]) -> tuple[Path, float, bool]:
     """The base `name` holding `texts` (reused when --keep already holds it): path, seconds, reused."""
-    from rag.kb import KBWriter, KnowledgeBase
+    from rag.store import local
     from rag.types import Chunk
 
     root = settings.kb_dir(name)
-    if KnowledgeBase.exists(root):
-        with KnowledgeBase.open(root) as kb:
+    if local.exists(root):
+        with local.LocalStore.open(root) as kb:
             if kb.chunk_count() == len(texts):
                 return root, 0.0, True
         shutil.rmtree(root)
     started = time.perf_counter()
     vectors = random_unit_vectors(len(texts), identity.dimension, SEED + len(texts))
-    with KnowledgeBase.create(root, identity) as kb, KBWriter(kb) as writer:
+    with local.LocalStore.create(root, identity) as kb, kb.writer() as writer:
         for doc, start in enumerate(range(0, len(texts), CHUNKS_PER_DOC)):
             part = texts[start : start + CHUNKS_PER_DOC]
             source = f"synthetic/{doc:06d}.txt"
@@ -170,11 +170,12 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
 
 
 def floor_once(emb, kb, query: str, depth: int) -> tuple[float, float]:
-    """(encode seconds, flat-search seconds) of the cheapest possible dense retrieval."""
+    """(encode seconds, flat-search seconds) of the cheapest possible dense retrieval: the
+    store's dense search alone, on the one flat FAISS index."""
     started = time.perf_counter()
     qvec = emb.encode_queries([query])
     encoded = time.perf_counter()
-    kb.dense_index().search(qvec, depth)
+    kb.dense_candidates(qvec[0], depth)
     return encoded - started, time.perf_counter() - encoded
 
 
@@ -234,13 +235,10 @@ def baseline_imports():
 
 def build_langchain_store(faiss_store_cls, kb, emb):
     """langchain's FAISS store over the same texts and the same vectors as the base."""
-    import faiss
-
-    index = kb.dense_index()
-    ids = faiss.vector_to_array(index.id_map)
-    vectors = faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
-    by_id = dict(kb.conn.execute("SELECT chunk_id, text FROM chunks"))
-    texts = [by_id[int(i)] for i in ids]
+    ids = [cid for cid, _ in kb.chunk_ids()]
+    vectors = kb.vectors(ids)
+    chunks = kb.chunks(ids)
+    texts = [chunks[cid].text for cid in ids]
     # Rows as arrays rather than lists of floats: the store turns them into one float32 matrix
     # either way, and 100k x 384 Python floats would cost over a gigabyte just to hand over.
     store = faiss_store_cls.from_embeddings(list(zip(texts, list(vectors), strict=True)), QueryEmbeddings(emb))
@@ -271,15 +269,15 @@ def time_baseline(kb, emb, queries: list[str]) -> dict:
 def child_main(kb_dir: Path, n_queries: int, n_baseline: int) -> None:
     from rag.config import load_settings
     from rag.embed import Embedder
-    from rag.kb import KnowledgeBase
     from rag.retrieve import Retriever
+    from rag.store.local import LocalStore
 
     rss_start = rss_mib()
     settings = load_settings(data_dir=kb_dir.parent.parent, cache_dir=CACHE)
     emb = Embedder(settings.embed)
     emb.encode_queries(["load the model"])
     rss_model = rss_mib()
-    kb = KnowledgeBase.open(kb_dir)
+    kb = LocalStore.open(kb_dir)
     retriever = Retriever(kb, emb, settings.retrieve)
     warm = load_queries(3, skip=n_queries)
     time_modes(retriever, emb, kb, warm)  # loads both indexes, warms torch, FAISS and SQLite
@@ -323,12 +321,12 @@ FORCED_TOKENS = 64  # decoding is timed over this many tokens
 def llm_bench(settings, emb, kb_dir: Path, question: str, runs: int = 3) -> dict:
     """The default chat model on a typical prompt: instructions, 3 retrieved passages, a question.
     BM25 picks the passages, since the bench's chunk vectors are random."""
-    from rag.kb import KnowledgeBase
     from rag.llm import make_chat_model, with_token_limit
     from rag.prompts import answer_messages
     from rag.retrieve import Retriever
+    from rag.store.local import LocalStore
 
-    with KnowledgeBase.open(kb_dir) as kb:
+    with LocalStore.open(kb_dir) as kb:
         hits = Retriever(kb, emb, settings.retrieve).search(question, top_k=3, mode="bm25").hits
     messages = answer_messages(question, hits)
     started = time.perf_counter()

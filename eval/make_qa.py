@@ -16,8 +16,8 @@ from typing import Any
 
 from eval.answers import contains
 from eval.datasets import QAItem
-from rag.kb import KnowledgeBase
 from rag.lexical import language
+from rag.store import Store
 from rag.types import Chunk
 
 PROMPT = {
@@ -35,12 +35,10 @@ _JSON = re.compile(r"\{.*?\}", re.DOTALL)
 MIN_CHARS = 200  # passages shorter than this rarely hold a self-contained fact
 
 
-def sample_chunks(kb: KnowledgeBase, n: int, seed: int) -> list[Chunk]:
+def sample_chunks(kb: Store, n: int, seed: int) -> list[Chunk]:
     """Up to `n` passages, spread over documents (round-robin over shuffled documents)."""
     rng = random.Random(seed)
-    rows = kb.conn.execute("SELECT chunk_id, doc_id FROM chunks WHERE length(text) >= ?", (MIN_CHARS,)).fetchall()
-    if not rows:
-        rows = kb.conn.execute("SELECT chunk_id, doc_id FROM chunks").fetchall()
+    rows = kb.chunk_ids(min_chars=MIN_CHARS) or kb.chunk_ids()
     by_doc: dict[int, list[int]] = {}
     for cid, did in rows:
         by_doc.setdefault(did, []).append(cid)
@@ -69,7 +67,7 @@ def parse_draft(text: str) -> dict[str, str] | None:
 
 
 def draft_qa(
-    kb: KnowledgeBase,
+    kb: Store,
     chat_model: Any,
     n: int,
     seed: int = 0,

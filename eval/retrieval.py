@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from eval.datasets import BeirDataset, doc_id_of, load_beir, write_corpus
 from ingest.pipeline import IngestPipeline, IngestReport, Problem, Progress, open_for_ingest
 from rag.config import Settings
 from rag.embed import Embedder
-from rag.kb import KnowledgeBase
 from rag.retrieve import Retriever
+from rag.store import Store
 
 METRICS = ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"]
 RECALL_CURVE_K = [1, 2, 3, 5, 10, 20, 30, 50, 100]
@@ -71,7 +72,8 @@ def eval_kb_name(dataset: BeirDataset, settings: Settings) -> str:
     if settings.ingest.dense_index == "hnsw":  # its own base, so flat and HNSW can be compared side by side
         parts.append("hnsw")
     key = json.dumps(parts)
-    return f"eval-{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset.name)[:40]  # a folder name may hold anything
+    return f"eval-{label}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 class _IngestProgress(Progress):
@@ -96,7 +98,7 @@ class _IngestProgress(Progress):
 
 def corpus_kb(
     settings: Settings, dataset: BeirDataset, embedder: Embedder, progress: ProgressFn | None = None
-) -> tuple[KnowledgeBase, IngestReport]:
+) -> tuple[Store, IngestReport]:
     """The corpus ingested with `settings`' embedder and chunker; a second call with the same
     corpus and settings finds every file unchanged and returns in about a second."""
     folder = settings.cache_dir / "eval" / "corpora" / f"{dataset.name}-{dataset.corpus_digest()}"
@@ -110,7 +112,7 @@ def corpus_kb(
 
 
 # ---- running queries -----------------------------------------------------------------------
-def chunk_depth(kb: KnowledgeBase) -> int:
+def chunk_depth(kb: Store) -> int:
     """Chunks to fetch so that about DOC_DEPTH distinct documents remain after keeping each
     document's best chunk (more chunks per document need a deeper list)."""
     docs = max(1, len(kb.documents(status="ok")))
@@ -118,7 +120,7 @@ def chunk_depth(kb: KnowledgeBase) -> int:
     return min(MAX_CHUNK_DEPTH, max(DOC_DEPTH, math.ceil(DOC_DEPTH * per_doc * 1.5)))
 
 
-def twins(kb: KnowledgeBase) -> dict[int, list[str]]:
+def twins(kb: Store) -> dict[int, list[str]]:
     """doc_id -> corpus ids of the documents stored as its duplicates.  Ingest keeps identical
     content once (NFCorpus has 40 such pairs); a hit on it is a hit on each of its copies."""
     out: dict[int, list[str]] = {}

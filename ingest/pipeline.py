@@ -27,8 +27,8 @@ from ingest.chunking import Chunker, chunker_fingerprint
 from ingest.loaders import ArchiveLimits, LoadError, is_supported, load_file
 from rag.config import Settings
 from rag.embed import Embedder
-from rag.kb import DocumentInfo, KBError, KBWriter, KnowledgeBase, delete_base
 from rag.lexical import tokenize
+from rag.store import DocumentInfo, KBError, Store, StoreWriter, create_store, delete_base, open_store, store_exists
 from rag.types import Chunk
 
 # Embedding many files' chunks in one encode call lets sentence-transformers sort by length
@@ -173,7 +173,7 @@ def _under(path: str, roots: list[Path]) -> bool:
 
 
 class IngestPipeline:
-    def __init__(self, settings: Settings, embedder: Embedder, kb: KnowledgeBase) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder, kb: Store) -> None:
         self.settings = settings
         self.embedder = embedder
         self.kb = kb
@@ -224,7 +224,7 @@ class IngestPipeline:
         """A base this run created and never committed to is not left behind, empty, by a failure."""
         if self.kb.created_now and self.kb.generation == 0:
             with contextlib.suppress(KBError):  # e.g. another process has started writing it
-                delete_base(self.settings.data_dir, self.kb.name)
+                delete_base(self.settings, self.kb.name, self.kb.backend)
 
     def _run(
         self,
@@ -237,7 +237,7 @@ class IngestPipeline:
         sync: bool,
     ) -> int:
         progress = self.progress
-        with KBWriter(self.kb, self.settings.ingest.dense_index) as writer:
+        with self.kb.writer(self.settings.ingest.dense_index) as writer:
             report.reindexed = writer.reindex and bool(known)  # a new base is indexed, not re-indexed
             report.dense_converted = writer.dense_kind if writer.convert and known else None
             run = _Run(self, writer, report, progress)
@@ -304,10 +304,25 @@ class IngestPipeline:
         )
         if not found.chunks:
             return _problem(key, existing, "empty", "no text found", found)
+        too_long = self._too_long(found.chunks)
+        if too_long:
+            found.chunks = []
+            return _problem(key, existing, "failed", too_long, found)
         limit = self.settings.ingest.max_chunks_per_file
         if limit is None or len(found.chunks) <= limit:  # one that is refused is not worth tokenizing
             found.tokens = [" ".join(tokenize(c.text)) for c in found.chunks]  # BM25's, off the main thread
         return found
+
+    def _too_long(self, chunks: list[Chunk]) -> str | None:
+        """Why the store cannot hold these chunks (Milvus keeps at most 64 KB of text in one)."""
+        limit = self.kb.max_text_bytes
+        longest = max((len(c.text.encode()) for c in chunks), default=0) if limit else 0
+        if not limit or longest <= limit:
+            return None
+        return (
+            f"a chunk of {longest:,} bytes is longer than the {self.kb.backend} store holds ({limit:,}); "
+            "use chunk.method = 'recursive' (the default) for files this long"
+        )
 
 
 def _cost(n: int, rate: float | None) -> str:
@@ -389,7 +404,7 @@ class _Reader:
 class _Run:
     """State of one ingest run: the batch waiting to be embedded and the commit clock."""
 
-    def __init__(self, pipe: IngestPipeline, writer: KBWriter, report: IngestReport, progress: Progress) -> None:
+    def __init__(self, pipe: IngestPipeline, writer: StoreWriter, report: IngestReport, progress: Progress) -> None:
         self.pipe = pipe
         self.kb = pipe.kb
         self.writer = writer
@@ -435,7 +450,7 @@ class _Run:
         else:
             if item.sha256 in self.pending_sha:
                 self.flush()  # its twin must be stored before this one can point at it
-            twin = self._stored_twin(item.sha256, item.path, self.pipe.fingerprint)
+            twin = self.kb.twin(item.sha256, self.pipe.fingerprint, item.path)
             if twin is not None:
                 self.writer.put_document(
                     path=item.path, status="duplicate", chunker=self.pipe.fingerprint, content_of=twin, **item.stat
@@ -469,13 +484,6 @@ class _Run:
             return False
         self.progress.announce(f"{Path(item.path).name}: {n:,} chunks to embed{cost}")
         return True
-
-    def _stored_twin(self, sha: str, path: str, fingerprint: str) -> int | None:
-        row = self.kb.conn.execute(
-            "SELECT doc_id FROM documents WHERE sha256 = ? AND status = 'ok' AND chunker = ? AND path != ? LIMIT 1",
-            (sha, fingerprint, path),
-        ).fetchone()
-        return int(row[0]) if row else None
 
     def flush(self) -> None:
         """Embed the waiting chunks and stage their documents."""
@@ -538,15 +546,14 @@ class _Run:
             self.last_commit_cost = self.last_commit - started
 
 
-def open_for_ingest(settings: Settings, kb_name: str, embedder: Embedder) -> KnowledgeBase:
+def open_for_ingest(settings: Settings, kb_name: str, embedder: Embedder) -> Store:
     """Create the base if new; refuse one built with a different embedding model.  An existing
     base is checked by model name, so the model is only loaded if something needs embedding.
     A new base is only created once the chunk settings are known to suit the model."""
-    root = settings.kb_dir(kb_name)
-    if KnowledgeBase.exists(root):
-        kb = KnowledgeBase.open(root)
+    if store_exists(settings, kb_name):
+        kb = open_store(settings, kb_name)
         kb.check_embedder(embedder.name, embedder.settings.normalize)
         return kb
     identity = embedder.identity  # loads the model, which a new base needs anyway
     Chunker(settings.chunk, embedder.tokenizer, embedder.max_tokens)  # raises if chunk.size cannot fit
-    return KnowledgeBase.create(root, identity)
+    return create_store(settings, kb_name, identity)

@@ -32,11 +32,11 @@ from typing import IO, Any
 from ingest.pipeline import IngestPipeline, IngestReport, Problem, Progress, open_for_ingest
 from rag.config import Settings
 from rag.embed import Embedder
-from rag.kb import KBError, KBLocked, KBWriter, KnowledgeBase
 from rag.models import ModelNotAvailable
+from rag.store import KBError, KBLocked, open_store, store_exists
 
 # What the child needs of the settings; the rest (LLM keys, the UI password) never leaves.
-_SECTIONS = {"data_dir", "cache_dir", "embed", "chunk", "ingest"}
+_SECTIONS = {"data_dir", "cache_dir", "embed", "chunk", "ingest", "store", "retrieve"}
 MAX_RESTARTS = 3
 
 
@@ -94,7 +94,7 @@ class _Child:
         memory_mb: float | None,
     ) -> None:
         self.job = {
-            "settings": settings.model_dump(mode="json", include=_SECTIONS),
+            "settings": _child_settings(settings),
             "kb": kb_name,
             "paths": [os.fsdecode(p) for p in paths],
             "skip": skip,
@@ -141,6 +141,15 @@ class _Child:
         return None
 
 
+def _child_settings(settings: Settings) -> dict[str, Any]:
+    """The sections the child needs, as JSON: a store token goes as itself (over the child's stdin,
+    never its command line or environment), not as the '**********' a dump shows."""
+    payload = settings.model_dump(mode="json", include=_SECTIONS)
+    token = settings.store.token
+    payload["store"]["token"] = token.get_secret_value() if token is not None else None
+    return payload
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -171,10 +180,9 @@ def _tail(stderr: IO[bytes], lines: int = 3) -> str:
 
 def _record_failure(settings: Settings, kb_name: str, path: str, reason: str) -> None:
     """Mark the file that killed a child as failed, so `kb show` says why it is missing."""
-    root = settings.kb_dir(kb_name)
-    if not KnowledgeBase.exists(root):
+    if not store_exists(settings, kb_name):
         return
-    with KnowledgeBase.open(root) as kb, KBWriter(kb) as writer:
+    with open_store(settings, kb_name) as kb, kb.writer() as writer:
         existing = kb.document_by_path(path)
         if existing is None or existing.status not in ("ok", "duplicate"):  # a good old version stays
             writer.put_document(path=path, status="failed", error=reason)

@@ -25,13 +25,25 @@ from rich.progress import (
 from rich.table import Table
 
 from rag.config import ConfigError, InvalidKBName, Settings, load_settings
-from rag.kb import KBError, KBLocked, KBReadOnly, KnowledgeBase, delete_base, list_bases
+from rag.store import (
+    KBError,
+    KBLocked,
+    KBReadOnly,
+    Store,
+    StoreUnavailable,
+    delete_base,
+    list_bases,
+    open_store,
+    store_exists,
+)
 from rag.terminal import printable
 
 # Exit statuses, the same for every command: 1 the work failed (said why), 2 a usage or
-# configuration error, 75 (EX_TEMPFAIL) the knowledge base is busy: try again.
+# configuration error, 69 (EX_UNAVAILABLE) the store cannot be reached or refused the
+# credentials, 75 (EX_TEMPFAIL) the knowledge base is busy: try again.
 FAILED = 1
 USAGE_ERROR = 2
+UNAVAILABLE = 69
 BUSY = 75
 
 
@@ -54,6 +66,8 @@ def exit_code(exc: Exception) -> int:
     """The exit status for a knowledge-base problem (see FAILED, USAGE_ERROR, BUSY)."""
     if isinstance(exc, KBLocked):
         return BUSY
+    if isinstance(exc, StoreUnavailable):
+        return UNAVAILABLE
     if isinstance(exc, KBReadOnly):
         return FAILED
     return USAGE_ERROR
@@ -117,8 +131,8 @@ def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj
 
 
-def _open_kb(settings: Settings, name: str | None) -> KnowledgeBase:
-    return KnowledgeBase.open(settings.kb_dir(settings.kb_name(name)))
+def _open_kb(settings: Settings, name: str | None) -> Store:
+    return open_store(settings, settings.kb_name(name))
 
 
 # ---- ingest --------------------------------------------------------------------------------
@@ -342,18 +356,19 @@ def _human(n: float) -> str:
 
 @kb_app.command("list")
 def kb_list(ctx: typer.Context) -> None:
-    """Knowledge bases in the data directory."""
+    """Knowledge bases in the store (store.backend: the data directory, or Milvus)."""
     settings = _settings(ctx)
-    bases = list_bases(settings.data_dir)
+    bases = list_bases(settings)
     if not bases:
-        out.print(f"no knowledge bases in {settings.data_dir}; create one with `rag ingest PATH --kb NAME`")
+        where = settings.data_dir if settings.store.backend == "local" else f"Milvus at {settings.store.uri}"
+        out.print(f"no knowledge bases in {where}; create one with `rag ingest PATH --kb NAME`")
         return
     table = Table("name", "documents", "chunks", "model", "size", "generation")
-    for root in bases:
-        with KnowledgeBase.open(root) as base:
+    for name in bases:
+        with open_store(settings, name) as base:
             meta = base.meta()
             table.add_row(
-                root.name + (" (read-only)" if base.read_only else ""),
+                name + (" (read-only)" if base.read_only else ""),
                 str(len(base.documents())),
                 str(base.chunk_count()),
                 escape(printable(str(meta["embed_model"]), one_line=True)),
@@ -369,12 +384,12 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
     with _open_kb(_settings(ctx), name) as base:
         meta = base.meta()
         docs = base.documents()
-        out.print(f"[bold]{name}[/]  {escape(printable(str(base.root), one_line=True))}", highlight=False)
+        out.print(f"[bold]{name}[/]  {escape(printable(base.location, one_line=True))}", highlight=False)
         if base.read_only:
             out.print("[yellow]read-only[/]: it can be searched, but nothing can be added, changed or removed")
         out.print(
             f"model {meta['embed_model']} (dim {meta['embed_dim']}) | {len(docs)} documents | "
-            f"{base.chunk_count()} chunks | {meta.get('dense_index', 'flat')} index | {_human(base.size_on_disk())} | "
+            f"{base.chunk_count()} chunks | {meta['index']} | {_human(base.size_on_disk())} | "
             f"generation {meta['generation']}",
             highlight=False,
         )
@@ -416,19 +431,11 @@ def kb_rm(
     files: Annotated[list[str], typer.Argument(help="documents to remove: path, or file name if unique")],
 ) -> None:
     """Remove documents (and their vectors) from a knowledge base; nothing is re-embedded."""
-    from rag.kb import KBWriter
-
-    settings = _settings(ctx)
-    root = settings.kb_dir(name)
-    if root.is_symlink():
-        raise _fail(f"{root} is a symbolic link; rag changes only knowledge bases stored inside {root.parent}")
-    with _open_kb(settings, name) as base:
-        docs = base.documents()
-        targets = [_match_document(docs, f) for f in files]
-        with KBWriter(base) as writer:
-            chunks = writer.remove_documents(d.doc_id for d in targets)
-            gen = writer.commit()
-        out.print(f"removed {len(targets)} document(s), {chunks} chunk(s); generation {gen}")
+    with _open_kb(_settings(ctx), name) as base, base.writer() as writer:  # a base it may not change says so first
+        targets = [_match_document(base.documents(), f) for f in files]
+        chunks = writer.remove_documents(d.doc_id for d in targets)
+        gen = writer.commit()
+    out.print(f"removed {len(targets)} document(s), {chunks} chunk(s); generation {gen}")
 
 
 def _match_document(docs, wanted: str):
@@ -450,19 +457,47 @@ def kb_delete(
     name: Annotated[str, typer.Argument(help="knowledge base")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Delete a whole knowledge base from disk: only a knowledge base's own folder inside the data
-    directory, never a symbolic link or any other folder.
+    """Delete a whole knowledge base: in the local store, only a knowledge base's own folder inside
+    the data directory, never a symbolic link or any other folder; in Milvus, its collections.
 
     Exit status: 0 deleted, 2 no such knowledge base, 75 it is being written (try again later).
     """
     settings = _settings(ctx)
-    root = settings.kb_dir(name)
-    if not root.is_symlink() and not KnowledgeBase.exists(root):
-        raise _fail(f"no knowledge base named {name!r} in {root.parent}")
-    if not yes and not typer.confirm(f"delete knowledge base {name!r} at {root}?"):
+    name = settings.kb_name(name)
+    if not store_exists(settings, name):
+        raise _fail(f"no knowledge base named {name!r}; see `rag kb list`")
+    if not yes and not typer.confirm(f"delete knowledge base {name!r}?"):
         raise typer.Exit(1)
-    delete_base(settings.data_dir, name)
+    delete_base(settings, name)
     out.print(f"deleted {name}")
+
+
+@kb_app.command("copy")
+def kb_copy(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="knowledge base to copy (in store.backend)")],
+    dest: Annotated[str, typer.Argument(help="name of the new copy")],
+    to_store: Annotated[
+        str | None, typer.Option("--to-store", help="local | milvus: where the copy goes (default: store.backend)")
+    ] = None,
+) -> None:
+    """Copy a knowledge base, to the same store or the other one, without re-embedding: its
+    vectors are read from the source, so a base built locally moves to Milvus (or back) as it is.
+
+    Exit status: 0 copied, 2 no such base or the copy's name is taken, 75 the source is busy.
+    """
+    from rag.store.copy import copy_base
+
+    if to_store not in (None, "local", "milvus"):
+        raise _fail(f"--to-store must be local or milvus, not {to_store!r}")
+    settings = _settings(ctx)
+    with progress_bar(console=err) as bar:
+        task = bar.add_task("documents", total=None)
+        copied = copy_base(
+            settings, source, dest, to_store, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    where = to_store or settings.store.backend
+    out.print(f"copied {copied} document(s) from {source!r} to {dest!r} in the {where} store", highlight=False)
 
 
 # ---- config --------------------------------------------------------------------------------

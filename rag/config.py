@@ -99,6 +99,21 @@ class IngestSettings(_Section):
     )
 
 
+class StoreSettings(_Section):
+    backend: Literal["local", "milvus"] = Field(
+        "local",
+        description="where knowledge bases live: local (a folder per base under data_dir: SQLite + FAISS + BM25) "
+        "or milvus (collections in the Milvus at store.uri, shared by every process that points there)",
+    )
+    uri: str = Field(
+        "milvus.db",
+        description="milvus: a path is Milvus Lite (an embedded engine for one machine; relative to data_dir), "
+        "http(s)://host:19530 a Milvus Standalone or Distributed server",
+    )
+    token: SecretStr | None = Field(None, description="milvus: 'user:password' or an API key, for a server")
+    db_name: str | None = Field(None, description="milvus: the database on the server (default: its default)")
+
+
 class RetrieveSettings(_Section):
     mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers run")
     top_k: int = Field(5, ge=1, description="passages retrieved; those that clear the gate go to the LLM")
@@ -188,6 +203,7 @@ class Settings(BaseSettings):
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     ui: UISettings = Field(default_factory=UISettings)

@@ -1,15 +1,13 @@
-"""Retrieval: dense (FAISS) and BM25 (bm25s) over one knowledge base, fused, optionally reranked,
-filtered by document, and gated on relevance.
+"""Retrieval: dense and BM25 candidates from one knowledge base's store, fused, optionally
+reranked, filtered by document, and gated on relevance.
 
 Everything here reads indexes that ingest built; nothing is rebuilt per query (the design that
 makes Langchain-Chatchat's hybrid search take seconds at 20k documents).  The same Retriever
-serves `rag ask`, the UI and the evaluation harness.
+serves `rag ask`, the UI and the evaluation harness, on any store backend.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +15,14 @@ import numpy as np
 
 from rag.config import RetrieveSettings
 from rag.embed import Embedder
-from rag.kb import LIVE_IDS, KnowledgeBase, dense_kind
 from rag.lexical import language, tokenize
+from rag.store import Allowed, Filters, Store
 from rag.types import Chunk
 
+__all__ = ["Filters", "Hit", "Retrieval", "Retriever", "fuse"]
+
 FUSIONS = ("minmax", "zscore", "rrf")
+_RETRIEVERS = {"dense": ("dense",), "bm25": ("bm25",), "hybrid": ("dense", "bm25")}
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,6 @@ class Hit:
     sources: dict[str, int] = field(default_factory=dict)  # retriever -> 1-based rank
     similarity: float = 0.0  # cosine(query, chunk): comparable across modes, used by the gate
     coverage: float = 0.0  # share of the question's distinct tokens found in the chunk
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which documents may answer: a glob on the file path or name, and/or document ids."""
-
-    path_glob: str | None = None
-    doc_ids: Sequence[int] | None = None
-
-    def active(self) -> bool:
-        return bool(self.path_glob) or self.doc_ids is not None
 
 
 @dataclass
@@ -56,13 +46,12 @@ class Retrieval:
 
 
 class Retriever:
-    def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrieveSettings) -> None:
+    def __init__(self, kb: Store, embedder: Embedder, settings: RetrieveSettings) -> None:
         kb.check_embedder(embedder.name, embedder.settings.normalize)
         self.kb = kb
         self.embedder = embedder
         self.settings = settings
         self._reranker: Any = None
-        self._row_map: tuple[np.ndarray, dict[int, int]] | None = None
 
     # ---- public ----------------------------------------------------------------------------
     def search(
@@ -78,18 +67,12 @@ class Retriever:
         s = self.settings
         mode = mode or s.mode
         top_k = top_k or s.top_k
-        allowed = self._allowed_ids(filters) if filters and filters.active() else None
+        allowed = self.kb.allowed(filters) if filters and filters.active() else None
         qvec = query_vector if query_vector is not None else self.embedder.encode_queries([query])[0]
-        ranked: dict[str, list[tuple[int, float]]] = {}
-        bm25_all = None
-        if mode in ("dense", "hybrid"):
-            ranked["dense"] = self._dense(qvec, s.candidates, allowed)
-        if mode in ("bm25", "hybrid"):
-            bm25_all = self._bm25_scores(query, allowed)
-            ranked["bm25"] = _top(bm25_all, s.candidates)
+        ranked = self._candidates(mode, query, qvec, s.candidates, allowed)
         complete = None
         if mode == "hybrid" and s.fusion != "rrf":
-            complete = self._complete_scores(ranked, qvec, bm25_all)
+            complete = self._complete_scores(ranked, qvec, query)
         zh = language(query) == "zh"
         dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
         weights = {"dense": dense_weight, "bm25": s.bm25_weight}
@@ -117,61 +100,26 @@ class Retriever:
         return coverage >= s.min_coverage or (threshold is not None and similarity >= threshold)
 
     # ---- the two retrievers ------------------------------------------------------------------
-    def _dense(self, qvec: np.ndarray, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
-        import faiss
-
-        index = self.kb.dense_index()
-        if index.ntotal == 0 or (allowed is not None and len(allowed) == 0):
-            return []
-        hnsw = dense_kind(index) == "hnsw"
-        if hnsw and allowed is not None and len(allowed) <= _EXACT_FILTERED:
-            try:
-                return _exact(index, qvec, allowed, k)
-            except RuntimeError:  # a chunk committed after this index was read: search the graph
-                pass
-        params = None
-        if hnsw:
-            # Removed chunks stay in the graph, labelled DEAD; neither selector lets them out.
-            sel = faiss.IDSelectorBatch(allowed) if allowed is not None else faiss.IDSelectorRange(*LIVE_IDS)
-            params = faiss.SearchParametersHNSW(efSearch=max(self.settings.hnsw_ef_search, k), sel=sel)
-        elif allowed is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        scores, ids = index.search(qvec[None, :], min(k, index.ntotal), params=params)
-        return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
-
-    def _bm25_scores(self, query: str, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """(score per indexed chunk, row -> chunk id), or None when nothing can match."""
-        loaded = self.kb.bm25_index()
-        if loaded is None:
-            return None
-        model, row_ids = loaded
-        token_ids = model.get_tokens_ids(tokenize(query))
-        if not token_ids:
-            return None
-        scores = model.get_scores_from_ids(token_ids)
-        if allowed is not None:
-            scores = np.where(np.isin(row_ids, allowed), scores, 0.0)
-        return scores, row_ids
+    def _candidates(
+        self, mode: str, query: str, qvec: np.ndarray, k: int, allowed: Allowed | None
+    ) -> dict[str, list[tuple[int, float]]]:
+        if allowed is not None and allowed.empty:
+            return {name: [] for name in _RETRIEVERS[mode]}
+        ranked: dict[str, list[tuple[int, float]]] = {}
+        if "dense" in _RETRIEVERS[mode]:
+            ranked["dense"] = self.kb.dense_candidates(qvec, k, allowed)
+        if "bm25" in _RETRIEVERS[mode]:
+            ranked["bm25"] = self.kb.lexical_candidates(query, k, allowed)
+        return ranked
 
     def _complete_scores(
-        self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, bm25_all: tuple | None
+        self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, query: str
     ) -> dict[str, dict[int, float]]:
         """Both retrievers' scores for every candidate either one found.  A passage that is 101st
         for BM25 still has a BM25 score; fusing it as if it had none cost 0.005 nDCG@10 on
         NFCorpus (dev), so each candidate's true cosine and BM25 score are looked up here."""
         union = list(dict.fromkeys(cid for items in ranked.values() for cid, _ in items))
-        complete = {"dense": self._similarities(qvec, union)}
-        if bm25_all is not None:
-            scores, row_ids = bm25_all
-            rows = self._rows(row_ids)
-            complete["bm25"] = {cid: float(scores[rows[cid]]) if cid in rows else 0.0 for cid in union}
-        return complete
-
-    def _rows(self, row_ids: np.ndarray) -> dict[int, int]:
-        """chunk id -> BM25 row, built once per loaded index."""
-        if self._row_map is None or self._row_map[0] is not row_ids:
-            self._row_map = (row_ids, {int(c): r for r, c in enumerate(row_ids)})
-        return self._row_map[1]
+        return {"dense": self.kb.dense_scores(qvec, union), "bm25": self.kb.lexical_scores(query, union)}
 
     # ---- assembling hits -------------------------------------------------------------------
     def _hits(
@@ -191,33 +139,11 @@ class Retriever:
 
     def _closeness(self, qvec: np.ndarray, query: str, ids: list[int]) -> dict[int, tuple[float, float]]:
         """chunk id -> (cosine with the query, share of the query's words in the chunk): what the
-        relevance gate decides on."""
-        sims = self._similarities(qvec, ids)
+        relevance gate decides on.  The cosine is read back from the store (no re-encoding)."""
+        sims = self.kb.dense_scores(qvec, ids)
         stored = self.kb.chunk_tokens(ids)
         q_tokens = {t for t in tokenize(query) if t}
-        return {cid: (sims[cid], _coverage(q_tokens, stored.get(cid, set()))) for cid in ids}
-
-    def _similarities(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
-        """Cosine of the query with each chunk, read back from the FAISS index (no re-encoding)."""
-        index = self.kb.dense_index()
-        out = {}
-        for cid in ids:
-            try:
-                out[cid] = float(np.dot(index.reconstruct(cid), qvec))
-            except RuntimeError:  # id not in this generation
-                out[cid] = 0.0
-        return out
-
-    def _allowed_ids(self, filters: Filters) -> np.ndarray:
-        sql = "SELECT c.chunk_id, d.path FROM chunks c JOIN documents d USING (doc_id)"
-        args: list[Any] = []
-        if filters.doc_ids is not None:
-            sql += f" WHERE c.doc_id IN ({','.join('?' * len(filters.doc_ids))})"
-            args = [int(i) for i in filters.doc_ids]
-        rows = self.kb.conn.execute(sql, args).fetchall()
-        glob = filters.path_glob
-        keep = [cid for cid, path in rows if not glob or _glob_match(path, glob)]
-        return np.array(keep, dtype=np.int64)
+        return {cid: (sims.get(cid, 0.0), _coverage(q_tokens, stored.get(cid, set()))) for cid in ids}
 
     def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         if self._reranker is None:
@@ -236,20 +162,6 @@ def load_reranker(name: str):
     except ImportError as exc:  # pragma: no cover - sentence-transformers is a core dependency
         raise RuntimeError("the reranker needs sentence-transformers: pip install sentence-transformers") from exc
     return CrossEncoder(name, device="cpu")
-
-
-def _top(all_scores: tuple[np.ndarray, np.ndarray] | None, k: int) -> list[tuple[int, float]]:
-    if all_scores is None:
-        return []
-    scores, row_ids = all_scores
-    k = min(k, len(scores))
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return [(int(row_ids[r]), float(scores[r])) for r in top if scores[r] > 0]
-
-
-def _glob_match(path: str, pattern: str) -> bool:
-    return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
 
 
 def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:
@@ -292,7 +204,17 @@ def fuse(
         floor = normal.min()  # a list's miss counts as its worst hit
         for (cid, _), x in zip(items, normal, strict=True):
             total[cid] = total.get(cid, 0.0) + w * (x - floor)
-    return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    return _ranked(total, ranked)
+
+
+def _ranked(total: dict[int, float], ranked: dict[str, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Best first; equal scores (common when one retriever has weight 0) by the best rank either
+    retriever gave, which does not depend on how a store numbers its chunks."""
+    best: dict[int, int] = {}
+    for items in ranked.values():
+        for rank, (cid, _) in enumerate(items):
+            best[cid] = min(best.get(cid, rank), rank)
+    return sorted(total.items(), key=lambda kv: (-kv[1], best.get(kv[0], len(best)), kv[0]))
 
 
 def _normalize(scores: np.ndarray, over: np.ndarray, method: str) -> np.ndarray:
@@ -321,16 +243,4 @@ def _fuse_complete(
         w = weights.get(name, 1.0)
         for cid, x in zip(cids, _normalize(scores, over, method), strict=True):
             total[cid] += w * x
-    return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-# An HNSW graph searched with a filter finds few of the allowed vectors when they are few (the
-# walk rarely meets them: 1 of 3 in a test), so up to this many allowed chunks are scored exactly.
-_EXACT_FILTERED = 50_000
-
-
-def _exact(index: Any, qvec: np.ndarray, allowed: np.ndarray, k: int) -> list[tuple[int, float]]:
-    ids = np.asarray(allowed, dtype=np.int64)
-    scores = index.reconstruct_batch(ids) @ qvec
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [(int(ids[i]), float(scores[i])) for i in order]
+    return _ranked(total, ranked)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from ingest.pipeline import IngestReport, Problem, Progress
 from rag.config import KB_NAME_RULE, InvalidKBName, Settings, check_kb_name
-from rag.kb import DocumentInfo, KBError, KBWriter, KnowledgeBase, delete_base
+from rag.store import DocumentInfo, KBError, create_store, delete_base, open_store
 from ui import state
 from ui.uploads import Stored, is_upload, store_upload, supported_types
 
@@ -37,7 +37,7 @@ def name_problem(name: str, existing: Sequence[str]) -> str | None:
 
 def create_base(settings: Settings, name: str, embedder: Any) -> None:
     """An empty base recording the embedding model that will fill it."""
-    KnowledgeBase.create(settings.kb_dir(name), embedder.identity).close()
+    create_store(settings, name, embedder.identity).close()
 
 
 def document_rows(docs: Sequence[DocumentInfo]) -> list[dict[str, Any]]:
@@ -166,9 +166,9 @@ def remove_documents(settings: Settings, name: str, doc_ids: Sequence[int]) -> i
     """Remove documents and their vectors; the base's own copy of an uploaded file goes too.
     Returns the new generation."""
     root = settings.kb_dir(name)
-    with KnowledgeBase.open(root) as kb:
+    with open_store(settings, name) as kb:
         doomed = [d for d in kb.documents() if d.doc_id in set(doc_ids)]
-        with KBWriter(kb) as writer:
+        with kb.writer() as writer:
             writer.remove_documents(d.doc_id for d in doomed)
             generation = writer.commit()
     for d in doomed:
@@ -340,7 +340,7 @@ def _delete(settings: Settings, name: str, n_docs: int) -> None:
             return
     state.forget_kb(settings, name)
     try:
-        delete_base(settings.data_dir, name)
+        delete_base(settings, name)
     except KBError as exc:
         st.error(str(exc))
         return

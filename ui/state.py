@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from rag.config import EmbedSettings, Settings, load_settings
-from rag.kb import KnowledgeBase, list_bases
+from rag.store import Store, base_stamp, list_bases, open_store
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -96,7 +96,7 @@ def chat_model_factory(settings: Settings) -> Callable[[], BaseChatModel]:
 # ---- knowledge bases -----------------------------------------------------------------------
 def kb_names(settings: Settings) -> list[str]:
     """Bases whose creation has committed; one being created right now is not listed yet."""
-    return [p.name for p in list_bases(settings.data_dir)]
+    return list_bases(settings)
 
 
 def current_kb(settings: Settings, names: list[str] | None = None) -> str | None:
@@ -120,39 +120,30 @@ def kb_picker(names: list[str], current: str, key: str) -> None:
     st.selectbox("Knowledge base", names, key=key, on_change=lambda: set_current_kb(st.session_state[key]))
 
 
-def _db_identity(root: Path) -> tuple[int, int] | None:
-    try:
-        stat = (root / "kb.sqlite").stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def open_kb(settings: Settings, name: str) -> KnowledgeBase | None:
+def open_kb(settings: Settings, name: str) -> Store | None:
     """This session's handle on a base, or None if it does not exist (any more).
 
-    A base deleted and re-created under the same name (by the CLI, say) is a new SQLite file:
-    the handle is reopened rather than left pointing at the deleted one.
+    A base deleted and re-created under the same name (by the CLI, say) is a new base: the
+    handle is reopened rather than left pointing at the deleted one.
     """
-    root = settings.kb_dir(name)
-    handles: dict[str, tuple[Any, KnowledgeBase]] = st.session_state.setdefault("_kb_handles", {})
-    identity = _db_identity(root)
-    cached = handles.get(str(root))
-    if cached and cached[0] == identity:
+    handles: dict[str, tuple[Any, Store]] = st.session_state.setdefault("_kb_handles", {})
+    stamp = base_stamp(settings, name)
+    cached = handles.get(name)
+    if cached and cached[0] == stamp:
         return cached[1]
     if cached:
         forget_kb(settings, name)
-    if identity is None or not KnowledgeBase.exists(root):
+    if stamp is None:
         return None
-    kb = KnowledgeBase.open(root)
-    handles[str(root)] = (identity, kb)
+    kb = open_store(settings, name)
+    handles[name] = (stamp, kb)
     return kb
 
 
 def forget_kb(settings: Settings, name: str) -> None:
     """Close this session's handle (before deleting the base, or when it changed on disk)."""
     handles = st.session_state.setdefault("_kb_handles", {})
-    cached = handles.pop(str(settings.kb_dir(name)), None)
+    cached = handles.pop(name, None)
     if cached:
         cached[1].close()
 

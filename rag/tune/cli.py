@@ -59,8 +59,8 @@ def data(
     gold chunk."""
     from eval.datasets import DatasetError, load_qa, sample
     from rag.embed import Embedder
-    from rag.kb import KBError
     from rag.retrieve import Retriever
+    from rag.store import KBError
     from rag.tune.data import KINDS, SPLITS, build_examples, write_sft
 
     settings = _settings(ctx)

@@ -27,10 +27,10 @@ from typing import Any
 
 from eval.answers import contains
 from eval.datasets import DatasetError, QAItem, doc_id_of, read_jsonl
-from rag.kb import KnowledgeBase
 from rag.lexical import language
 from rag.prompts import NOT_FOUND, answer_messages
 from rag.retrieve import Hit, Retriever
+from rag.store import Store
 from rag.types import Chunk
 
 KINDS = ("answer", "unanswerable", "no_gold")
@@ -80,7 +80,7 @@ class GoldIndex:
     """Finds a QA item's gold documents in a knowledge base.  A gold id may be a corpus id (bases
     made by `rag eval corpus` name each file after it), a document's full path, or its file name."""
 
-    def __init__(self, kb: KnowledgeBase) -> None:
+    def __init__(self, kb: Store) -> None:
         self.kb = kb
         self._docs: dict[str, list[int]] = {}
         for doc in kb.documents():

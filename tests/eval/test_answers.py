@@ -6,9 +6,9 @@ import pytest
 
 from eval.answers import contains, exact_match, f1, is_gold_passage, run_answers, summarize, tokens
 from eval.datasets import QAItem
-from rag.kb import KnowledgeBase
 from rag.qa import QA, Citation
 from rag.retrieve import Retriever
+from rag.store.local import LocalStore
 from tests.conftest import qa_settings
 
 
@@ -94,7 +94,7 @@ def test_real_model_answers_and_refuses(sample_kb_dir, embedder, chat_model) -> 
         ),
         QAItem("f", "What is the capital of France?", [], answerable=False),
     ]
-    with KnowledgeBase.open(settings.kb_dir("sample")) as kb:
+    with LocalStore.open(settings.kb_dir("sample")) as kb:
         qa = QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: chat_model)
         rows = run_answers(qa, items)
     by_id = {r["id"]: r for r in rows}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from eval.datasets import load_qa
 from eval.make_qa import draft_qa, parse_draft, sample_chunks
 from rag.cli import app
-from rag.kb import KnowledgeBase
+from rag.store.local import LocalStore
 from tests.conftest import qa_settings
 from tests.fixtures.openai_server import serve
 
@@ -45,14 +45,14 @@ def test_parse_draft_finds_the_json_among_prose() -> None:
 
 
 def test_passages_are_spread_over_documents(sample_kb_dir) -> None:
-    with KnowledgeBase.open(qa_settings(sample_kb_dir).kb_dir("sample")) as kb:
+    with LocalStore.open(qa_settings(sample_kb_dir).kb_dir("sample")) as kb:
         chunks = sample_chunks(kb, 4, seed=1)
         assert len({c.source for c in chunks}) == 4
         assert [c.chunk_id for c in sample_chunks(kb, 4, seed=1)] == [c.chunk_id for c in chunks]
 
 
 def test_only_answers_copied_from_the_passage_are_kept(sample_kb_dir) -> None:
-    with KnowledgeBase.open(qa_settings(sample_kb_dir).kb_dir("sample")) as kb:
+    with LocalStore.open(qa_settings(sample_kb_dir).kb_dir("sample")) as kb:
         teacher = Teacher()
         items, tried = draft_qa(kb, teacher, n=2, seed=0)
         assert len(items) == 2 and tried == 4  # good, junk, wrong, good

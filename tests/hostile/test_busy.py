@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.kb import KBWriter, KnowledgeBase
+from rag.store.local import LocalStore
+from rag.store.local import exists as local_exists
 from tests.hostile.conftest import rag
 
 BUSY = 75
@@ -15,7 +16,7 @@ def test_ingest_rm_and_delete_say_busy_with_the_same_code(data: Path, docs: Path
     assert rag("ingest", str(docs), "--kb", "shared", data=data).code == 0
     (docs / "new.txt").write_text("Something new to ingest.\n", encoding="utf-8")
     root = data / "kb" / "shared"
-    with KnowledgeBase.open(root) as kb, KBWriter(kb):  # another process is writing
+    with LocalStore.open(root) as kb, kb.writer():  # another process is writing
         runs = {
             "ingest": rag("ingest", str(docs), "--kb", "shared", data=data),
             "rm": rag("kb", "rm", "shared", "warranty.txt", data=data),
@@ -25,5 +26,5 @@ def test_ingest_rm_and_delete_say_busy_with_the_same_code(data: Path, docs: Path
         assert run.code == BUSY, (command, run.text)
         assert "is being written by another process" in run.err and "try again" in run.err, (command, run.err)
         assert "Traceback" not in run.text
-    assert KnowledgeBase.exists(root)
+    assert local_exists(root)
     assert rag("ingest", str(docs), "--kb", "shared", data=data).code == 0, "free again: the same command works"

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from rag.cli import app
 from rag.embed import EmbedderIdentity
-from rag.kb import KnowledgeBase
+from rag.store.local import LocalStore
+from rag.store.local import exists as local_exists
 from tests.hostile.conftest import rag, user_env
 
 RULE = "letters, digits, '-', '_' and '.'"
@@ -20,7 +21,7 @@ MINILM = EmbedderIdentity("sentence-transformers/all-MiniLM-L6-v2", 384, True)
 def make_base(data: Path, name: str) -> Path:
     """A real (empty) knowledge base, without loading a model."""
     root = data / "kb" / name
-    KnowledgeBase.create(root, MINILM).close()
+    LocalStore.create(root, MINILM).close()
     return root
 
 
@@ -41,7 +42,7 @@ def test_dot_cannot_delete_every_knowledge_base(data: Path, docs: Path) -> None:
     assert rag("ingest", str(docs), "--kb", ".", data=data).code == 2
     delete = rag("kb", "delete", ".", "--yes", data=data)
     assert delete.code == 2 and RULE in delete.err
-    assert KnowledgeBase.exists(keep)
+    assert local_exists(keep)
 
 
 NAMES = [".", "..", "../escape", "a/b", "/tmp/x", "x" * 300, "", ".hidden", "bad\x1b[2Kname", "new\nline"]
@@ -89,11 +90,11 @@ def test_kb_delete_and_rm_never_follow_a_link_out_of_the_data_directory(data: Pa
     assert delete.code == 2 and "symbolic link" in delete.err, delete.text
     rm = rag("kb", "rm", "linked", "anything.txt", data=data)
     assert rm.code == 2 and "symbolic link" in rm.err, rm.text
-    assert KnowledgeBase.exists(outside)
+    assert local_exists(outside)
 
 
 def test_kb_delete_removes_a_real_base_and_only_it(data: Path) -> None:
     gone, kept = make_base(data, "old-notes"), make_base(data, "manuals")
     result = rag("kb", "delete", "old-notes", "--yes", data=data)
     assert result.code == 0 and "deleted old-notes" in result.out
-    assert not gone.exists() and KnowledgeBase.exists(kept)
+    assert not gone.exists() and local_exists(kept)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
-from rag.kb import KnowledgeBase
+from rag.store.local import LocalStore
+from rag.store.local import exists as local_exists
 from tests.conftest import ctrl_c_works
 from tests.fixtures.documents import write_pdf
 from tests.fixtures.kb_checks import assert_consistent
@@ -36,7 +37,7 @@ def make_corpus(folder: Path) -> Path:
 
 
 def generation(root: Path) -> int:
-    return KnowledgeBase.open(root).generation if KnowledgeBase.exists(root) else -1
+    return LocalStore.open(root).generation if local_exists(root) else -1
 
 
 def kill_when(cmd: list[str], env: dict[str, str], trigger: Callable[[], bool], timeout: float = 180) -> bool:
@@ -108,8 +109,8 @@ def test_kill_9_at_any_point_leaves_a_readable_base_and_the_next_run_completes(
     for name, trigger in points:
         if kill_when(cmd, env, trigger):
             killed.append(name)
-        if KnowledgeBase.exists(root):
-            with KnowledgeBase.open(root) as kb:
+        if local_exists(root):
+            with LocalStore.open(root) as kb:
                 assert_consistent(kb)  # readable, every index agrees with the tables
                 generations.append(kb.generation)
     assert len(killed) >= 3, f"the ingest finished before most kill points: only {killed}"
@@ -123,13 +124,13 @@ def test_kill_9_at_any_point_leaves_a_readable_base_and_the_next_run_completes(
     with open_for_ingest(settings, "clean", embedder) as clean:
         IngestPipeline(settings, embedder, clean).run([docs])
         expected = _content(clean)
-    with KnowledgeBase.open(root) as kb:
+    with LocalStore.open(root) as kb:
         assert_consistent(kb)
         assert _content(kb) == expected
         assert len(kb.documents("ok")) == N_FILES + 1
 
 
-def _content(kb: KnowledgeBase) -> list[tuple[str, int, int | None, str]]:
+def _content(kb: LocalStore) -> list[tuple[str, int, int | None, str]]:
     rows = kb.conn.execute(
         "SELECT d.path, c.ordinal, c.page, c.text FROM chunks c JOIN documents d USING (doc_id) ORDER BY 1, 2"
     )
@@ -153,11 +154,11 @@ def test_ctrl_c_commits_what_is_finished_and_says_how_to_continue(tmp_path: Path
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, output[-2000:]
     assert "interrupted" in output and "run the same command to continue" in output
-    with KnowledgeBase.open(root) as kb:
+    with LocalStore.open(root) as kb:
         assert_consistent(kb)
         done = len(kb.documents("ok"))
     assert 0 < done < N_FILES + 1
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0
-    with KnowledgeBase.open(root) as kb:
+    with LocalStore.open(root) as kb:
         assert len(kb.documents("ok")) == N_FILES + 1

@@ -13,7 +13,8 @@ import pytest
 from ingest.pipeline import IngestPipeline, IngestReport, open_for_ingest
 from rag.config import Settings
 from rag.embed import Embedder
-from rag.kb import KBLocked, KBWriter, KnowledgeBase, ModelMismatch
+from rag.store import KBLocked, ModelMismatch
+from rag.store.local import LocalStore
 from tests.conftest import shared_path
 from tests.fixtures.documents import (
     CHINESE_TEXT,
@@ -32,8 +33,8 @@ def ingest(settings: Settings, embedder, *paths: Path, kb: str = "t", **kw) -> I
     return report
 
 
-def open_kb(settings: Settings, name: str = "t") -> KnowledgeBase:
-    return KnowledgeBase.open(settings.kb_dir(name))
+def open_kb(settings: Settings, name: str = "t") -> LocalStore:
+    return LocalStore.open(settings.kb_dir(name))
 
 
 @pytest.fixture
@@ -284,14 +285,14 @@ def test_changing_chunk_settings_rechunks_on_the_next_run(settings, embedder, co
 def test_a_base_built_with_another_model_is_refused_by_name(settings, embedder, corpus: Path) -> None:
     from rag.embed import EmbedderIdentity
 
-    KnowledgeBase.create(settings.kb_dir("t"), EmbedderIdentity("intfloat/e5-small-v2", 384, True)).close()
+    LocalStore.create(settings.kb_dir("t"), EmbedderIdentity("intfloat/e5-small-v2", 384, True)).close()
     with pytest.raises(ModelMismatch, match=r"built with embedding model 'intfloat/e5-small-v2'.*all-MiniLM"):
         ingest(settings, embedder, corpus)
 
 
 def test_a_second_writer_is_refused_while_one_holds_the_base(settings, embedder, corpus: Path) -> None:
     ingest(settings, embedder, corpus)
-    with open_kb(settings) as kb, KBWriter(kb), pytest.raises(KBLocked, match="another process"):
+    with open_kb(settings) as kb, kb.writer(), pytest.raises(KBLocked, match="another process"):
         ingest(settings, embedder, corpus)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from ingest.pipeline import Problem, Progress
 from ingest.worker import WorkerError, ingest_in_worker
-from rag.kb import KBWriter, KnowledgeBase
+from rag.store.local import LocalStore
 from tests.fixtures.kb_checks import assert_consistent
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_a_worker_ingests_like_the_pipeline(settings, tmp_path: Path) -> None:
     report = ingest_in_worker(settings, "t", [a, b], progress, memory_mb=4096)
     assert (report.added, report.failed, report.exit_code) == (2, 0, 0)
     assert sorted(progress.done) == ["a.txt", "b.md"]
-    with KnowledgeBase.open(settings.kb_dir("t")) as kb:
+    with LocalStore.open(settings.kb_dir("t")) as kb:
         assert {Path(d.path).name for d in kb.documents("ok")} == {"a.txt", "b.md"}
         assert_consistent(kb)
 
@@ -72,7 +72,7 @@ def test_a_file_that_kills_the_worker_fails_alone(settings, tmp_path: Path) -> N
     (problem,) = progress.problems
     assert Path(problem.path).name == "c.txt"
     assert "the ingest worker was stopped by SIGKILL while reading this file; it was left out" in problem.reason
-    with KnowledgeBase.open(settings.kb_dir("t")) as kb:
+    with LocalStore.open(settings.kb_dir("t")) as kb:
         docs_by_name = {Path(d.path).name: d for d in kb.documents()}
         assert {n for n, d in docs_by_name.items() if d.status == "ok"} == {"a.txt", "b.txt", "d.txt", "e.txt"}
         assert docs_by_name["c.txt"].status == "failed" and "SIGKILL" in docs_by_name["c.txt"].error
@@ -102,6 +102,6 @@ def test_a_busy_base_is_a_worker_error_that_says_so(settings, tmp_path: Path) ->
     a = write(tmp_path / "docs", "a.txt", "The warranty lasts ten years.")
     ingest_in_worker(settings, "t", [a], Recorder(), memory_mb=None)
     write(tmp_path / "docs", "b.txt", "Something new.")
-    with KnowledgeBase.open(settings.kb_dir("t")) as kb, KBWriter(kb), pytest.raises(WorkerError) as err:
+    with LocalStore.open(settings.kb_dir("t")) as kb, kb.writer(), pytest.raises(WorkerError) as err:
         ingest_in_worker(settings, "t", [a, tmp_path / "docs" / "b.txt"], Recorder(), memory_mb=None)
     assert err.value.busy and "being written by another process" in str(err.value)

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rag.cli import app
-from rag.kb import KnowledgeBase
 from rag.llm import LLMError, make_chat_model
 from rag.qa import QA
 from rag.retrieve import Retriever
+from rag.store.local import LocalStore
 from tests.conftest import MODEL_CACHE, qa_settings
 from tests.fixtures.openai_server import free_port, serve
 
@@ -63,7 +63,7 @@ def server(chat_model):
 
 def openai_qa(sample_kb_dir, embedder, **llm):
     settings = qa_settings(sample_kb_dir, llm={"backend": "openai", **llm})
-    kb = KnowledgeBase.open(settings.kb_dir("sample"))
+    kb = LocalStore.open(settings.kb_dir("sample"))
     return QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: make_chat_model(settings))
 
 

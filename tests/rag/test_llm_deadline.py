@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.kb import KnowledgeBase
 from rag.qa import QA, Answer
 from rag.retrieve import Retriever
+from rag.store.local import LocalStore
 from tests.conftest import MODEL_CACHE, REPO, qa_settings
 from tests.fixtures.openai_server import GIVE_UP_S, silent_server, slow_server, trickling_server
 from tests.rag.test_llm import QUESTION, cli, openai_qa
@@ -102,7 +102,7 @@ def test_no_retry_is_sent_after_the_deadline(sample_kb_dir, embedder) -> None:
 
 def test_the_local_backend_answers_within_the_deadline_too(sample_kb_dir, embedder, chat_model) -> None:
     settings = qa_settings(sample_kb_dir, llm={"timeout_s": 0.05})
-    with KnowledgeBase.open(settings.kb_dir("sample")) as kb:
+    with LocalStore.open(settings.kb_dir("sample")) as kb:
         qa = QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: chat_model)
         answer, elapsed = ask_timed(qa)
     join_threads("rag-llm-call", timeout_s=60)  # its prefill cannot be cut: let it end before the next test

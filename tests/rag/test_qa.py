@@ -9,9 +9,9 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag import prompts
-from rag.kb import KnowledgeBase
 from rag.qa import QA, Answer, attribute
 from rag.retrieve import Hit, Retriever
+from rag.store.local import LocalStore
 from rag.types import Chunk
 from tests.conftest import qa_settings
 
@@ -19,7 +19,7 @@ from tests.conftest import qa_settings
 @pytest.fixture
 def qa(sample_kb_dir, embedder, chat_model):
     settings = qa_settings(sample_kb_dir)
-    with KnowledgeBase.open(settings.kb_dir("sample")) as kb:
+    with LocalStore.open(settings.kb_dir("sample")) as kb:
         yield QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: chat_model)
 
 
@@ -45,7 +45,7 @@ def test_not_found_is_decided_before_any_model_is_loaded(sample_kb_dir, embedder
     def no_model():
         raise AssertionError("the LLM must not be loaded for an off-topic question")
 
-    with KnowledgeBase.open(settings.kb_dir("sample")) as kb:
+    with LocalStore.open(settings.kb_dir("sample")) as kb:
         qa = QA(Retriever(kb, embedder, settings.retrieve), settings, no_model)
         english = qa.ask("What is the capital of France?")
         chinese = qa.ask("如何做红烧肉？")
@@ -103,7 +103,7 @@ def test_an_off_topic_follow_up_the_model_cannot_rewrite_is_not_found(sample_kb_
         ("assistant", "The battery module is covered for ten years [1]."),
     ]
     model = FakeListChatModel(responses=["Paris is the capital of France."])
-    with KnowledgeBase.open(settings.kb_dir("sample")) as kb:
+    with LocalStore.open(settings.kb_dir("sample")) as kb:
         qa = QA(Retriever(kb, embedder, settings.retrieve), settings, lambda: model)
         off_topic = qa.ask("What is the capital of France?", history)
         on_topic = qa.ask("And the inverter?", history)  # needs no history to be found

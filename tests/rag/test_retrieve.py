@@ -12,8 +12,9 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.config import RetrieveSettings
-from rag.kb import KBWriter, KnowledgeBase, dead_count
 from rag.retrieve import Filters, Retriever, fuse
+from rag.store.dense import dead_count
+from rag.store.local import LocalStore
 from rag.types import Chunk
 from tests.conftest import qa_settings, shared_path
 
@@ -43,7 +44,7 @@ def scifact(tmp_path_factory: pytest.TempPathFactory, embedder):
     settings = qa_settings(tmp_path_factory.mktemp("scifact-data"))
     with open_for_ingest(settings, "scifact", embedder) as kb:
         IngestPipeline(settings, embedder, kb).run([folder])
-    kb = KnowledgeBase.open(settings.kb_dir("scifact"))
+    kb = LocalStore.open(settings.kb_dir("scifact"))
     yield kb, [(queries[q], d) for q, d in gold.items()]
     kb.close()
 
@@ -114,7 +115,7 @@ def test_minmax_fusion_scales_each_retriever_over_every_candidate() -> None:
 
 
 def test_chinese_questions_rank_by_bm25_with_the_english_only_embedder(sample_kb_dir, embedder) -> None:
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings(top_k=4))
         question = "海川 H10 的保修期是多久？"
         hybrid = [h.chunk.chunk_id for h in retriever.search(question, mode="hybrid").hits]
@@ -123,7 +124,7 @@ def test_chinese_questions_rank_by_bm25_with_the_english_only_embedder(sample_kb
 
 
 def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None:
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings())
         assert retriever.search("How long is the battery module under warranty?").found
         assert retriever.search("海川 H10 的保修期是多久？").found
@@ -133,7 +134,7 @@ def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None
 
 
 def test_filters_restrict_documents(sample_kb_dir, embedder) -> None:
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings())
         for mode in ["dense", "bm25", "hybrid"]:
             hits = retriever.search("battery operating modes", mode=mode, filters=Filters(path_glob="*.md")).hits
@@ -147,9 +148,9 @@ def test_filters_restrict_documents(sample_kb_dir, embedder) -> None:
 def test_a_base_built_by_another_model_is_refused(sample_kb_dir, embedder) -> None:
     from rag.config import EmbedSettings
     from rag.embed import Embedder
-    from rag.kb import ModelMismatch
+    from rag.store import ModelMismatch
 
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb, pytest.raises(ModelMismatch):
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb, pytest.raises(ModelMismatch):
         Retriever(kb, Embedder(EmbedSettings(model="BAAI/bge-small-en-v1.5")), RetrieveSettings())
 
 
@@ -177,7 +178,7 @@ def test_reranker_reorders_the_fused_list_by_its_scores(sample_kb_dir, embedder,
 
     settings = RetrieveSettings(rerank_model=str(tiny_cross_encoder), rerank_candidates=6, top_k=4)
     query = "How long is the battery module under warranty?"
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         hits = Retriever(kb, embedder, settings).search(query).hits
         assert len(hits) == 4 and all("rerank" in h.sources for h in hits)
         assert [h.sources["rerank"] for h in hits] == [1, 2, 3, 4]
@@ -188,7 +189,7 @@ def test_reranker_reorders_the_fused_list_by_its_scores(sample_kb_dir, embedder,
 def test_langchain_retriever_returns_documents_with_citation_metadata(sample_kb_dir, embedder) -> None:
     from rag.langchain_retriever import KnowledgeBaseRetriever
 
-    with KnowledgeBase.open(sample_kb_dir / "kb" / "sample") as kb:
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         lc = KnowledgeBaseRetriever(retriever=Retriever(kb, embedder, RetrieveSettings()), top_k=3)
         docs = lc.invoke("How long is the battery module under warranty?")
         assert len(docs) == 3
@@ -197,12 +198,12 @@ def test_langchain_retriever_returns_documents_with_citation_metadata(sample_kb_
         assert "ten years" in top.page_content and top.metadata["chunk_id"] > 0
 
 
-def _random_base(root: Path, embedder, kind: str, docs: int = 400, per_doc: int = 5) -> KnowledgeBase:
+def _random_base(root: Path, embedder, kind: str, docs: int = 400, per_doc: int = 5) -> LocalStore:
     """`docs` documents of random unit vectors under the real embedder's name, as `kind`."""
 
     rng = np.random.default_rng(3)
-    kb = KnowledgeBase.create(root, embedder.identity)
-    with KBWriter(kb, kind) as writer:
+    kb = LocalStore.create(root, embedder.identity)
+    with kb.writer(kind) as writer:
         for d in range(docs):
             vecs = rng.standard_normal((per_doc, embedder.identity.dimension)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -218,14 +219,16 @@ def test_an_hnsw_base_ranks_as_the_flat_one_and_filters_exactly(tmp_path: Path, 
     queries = np.random.default_rng(4).standard_normal((10, embedder.identity.dimension)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
 
-    def ranking(kb: KnowledgeBase, q: np.ndarray, filters: Filters | None = None, **settings) -> list[int]:
+    def ranking(kb: LocalStore, q: np.ndarray, filters: Filters | None = None, **settings) -> list[int]:
         retriever = Retriever(kb, embedder, RetrieveSettings(**settings))
         hits = retriever.search("q", mode="dense", top_k=10, query_vector=q, filters=filters).hits
         return [h.chunk.chunk_id for h in hits]
 
-    # Searched as broadly as the base is large, the graph finds exactly what the flat index does.
+    # Searched as broadly as the base is large (retrieve.hnsw_ef_search, given to the store when it
+    # opens), the graph finds exactly what the flat index does.
+    hnsw.ef_search = 2000
     for q in queries:
-        assert ranking(hnsw, q, hnsw_ef_search=2000) == ranking(flat, q)
+        assert ranking(hnsw, q) == ranking(flat, q)
     # Few allowed documents: a filtered walk of the graph meets few of them, so they are scored
     # one by one, and the answer is the flat index's.
     few = Filters(doc_ids=[5, 50, 250])
@@ -234,11 +237,11 @@ def test_an_hnsw_base_ranks_as_the_flat_one_and_filters_exactly(tmp_path: Path, 
         assert len(ranking(hnsw, q, few)) == 10
     # Removed documents stay in the graph, labelled dead; a search never spends a place on them.
     for kb in (flat, hnsw):
-        with KBWriter(kb) as writer:
+        with kb.writer() as writer:
             writer.remove_documents(list(range(1, 41)))
             writer.commit()
     assert dead_count(hnsw.dense_index()) == 200
     for q in queries:  # 10 candidates, so a dead vector among them would leave a hole
-        assert ranking(hnsw, q, hnsw_ef_search=2000, candidates=10) == ranking(flat, q, candidates=10)
+        assert ranking(hnsw, q, candidates=10) == ranking(flat, q, candidates=10)
     flat.close()
     hnsw.close()

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from eval.answers import contains
 from eval.datasets import write_qa
 from rag.cli import app
-from rag.kb import KnowledgeBase
 from rag.prompts import NOT_FOUND, SYSTEM
 from rag.retrieve import Retriever
+from rag.store.local import LocalStore
 from rag.tune.data import REFUSALS, SFTDataError, build_examples, load_sft, write_sft
 from tests.conftest import MODEL_CACHE, qa_settings
 from tests.tune.conftest import DOCS, QA
@@ -26,7 +26,7 @@ BLOCK = re.compile(r"^\[(\d+)\] \((.+?)\)\n<document>\n(.*?)\n</document>", re.M
 @pytest.fixture(scope="module")
 def retriever(mini_kb: Path, embedder) -> Retriever:
     settings = qa_settings(mini_kb)
-    return Retriever(KnowledgeBase.open(settings.kb_dir("mini")), embedder, settings.retrieve)
+    return Retriever(LocalStore.open(settings.kb_dir("mini")), embedder, settings.retrieve)
 
 
 def blocks(example) -> dict[int, str]:

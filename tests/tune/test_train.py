@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rag.config import load_settings
-from rag.kb import KnowledgeBase
 from rag.llm import make_chat_model
 from rag.retrieve import Retriever
+from rag.store.local import LocalStore
 from rag.tune.data import build_examples, load_sft, write_sft
 from rag.tune.train import (
     DEFAULT_TARGETS,
@@ -32,7 +32,7 @@ from tests.tune.conftest import QA
 @pytest.fixture(scope="module")
 def sft_file(mini_kb: Path, embedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = qa_settings(mini_kb)
-    retriever = Retriever(KnowledgeBase.open(settings.kb_dir("mini")), embedder, settings.retrieve)
+    retriever = Retriever(LocalStore.open(settings.kb_dir("mini")), embedder, settings.retrieve)
     result = build_examples(QA, retriever, distractors=1, no_gold=0.5, validation=0.2)
     path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
     write_sft(result.examples, path)

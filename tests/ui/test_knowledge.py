@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.kb import KBWriter, KnowledgeBase
+from rag.store.local import LocalStore
+from rag.store.local import exists as local_exists
 from tests.ui.conftest import open_app, texts
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_create_a_knowledge_base(data_dir: Path) -> None:
     assert "No knowledge base yet" in texts(at.info)[0]
     create(at, "manuals")
     assert "Knowledge base 'manuals' created" in texts(at.success)[0]
-    assert KnowledgeBase.exists(data_dir / "kb" / "manuals")
+    assert local_exists(data_dir / "kb" / "manuals")
     assert at.dataframe[0].value["Knowledge base"].tolist() == ["manuals"]
     assert at.selectbox[0].value == "manuals"  # the new base is the one being managed
 
@@ -98,7 +99,7 @@ def test_removing_a_document_asks_first_and_removes_the_stored_file(data_dir: Pa
     at = open_app("knowledge")
     create(at, "notes")
     upload(at, ("keep.txt", b"Keep this note about pumps."), ("drop.txt", b"Drop this note about valves."))
-    with KnowledgeBase.open(data_dir / "kb" / "notes") as kb:
+    with LocalStore.open(data_dir / "kb" / "notes") as kb:
         doc_id = next(d.doc_id for d in kb.documents() if d.path.endswith("drop.txt"))
     at.multiselect(key="remove_notes").set_value([doc_id])
     at.run()
@@ -134,7 +135,7 @@ def test_commits_by_another_process_show_up_and_uncommitted_work_never_does(data
     # A base being created right now (no committed metadata yet) is not offered.
     (data_dir / "kb" / "half").mkdir()
     (data_dir / "kb" / "half" / "kb.sqlite").write_bytes(b"")
-    with KnowledgeBase.open(data_dir / "kb" / "shared") as kb, KBWriter(kb) as writer:
+    with LocalStore.open(data_dir / "kb" / "shared") as kb, kb.writer() as writer:
         writer.put_document(path=str(data_dir / "late.txt"), status="failed", error="could not parse")
         at.run()  # the writer's transaction is open: the page still shows the last generation
         assert [r["Document"] for r in documents(at)] == ["handbook.pdf"]
