@@ -31,10 +31,12 @@ from rag.lexical import tokenize
 from rag.store import DocumentInfo, KBError, Store, StoreWriter, create_store, delete_base, open_store, store_exists
 from rag.types import Chunk
 
-# Embedding many files' chunks in one encode call lets sentence-transformers sort by length
-# and fill its batches; this bounds how many chunks wait in memory for that, and how many are
-# encoded between two progress updates.
-FLUSH_CHUNKS = 512
+# Chunks of many files wait to be embedded together, sorted by length, so that each batch the
+# model runs holds texts of about the same length and little padding: on SciFact, 512 waiting
+# chunks cost 5.6% more model work than sorting the whole corpus, 4,096 cost 0.9%.  They are
+# encoded in slices of ENCODE_CHUNKS, so progress still moves every few seconds.
+FLUSH_CHUNKS = 4096
+ENCODE_CHUNKS = 512
 # A file with this many chunks gets its cost said up front (chunks, minutes) before embedding.
 ESTIMATE_FROM = 1000
 RATE_SAMPLE = 64  # chunks encoded to measure the embedding rate when none is known yet
@@ -412,6 +414,7 @@ class _Run:
         self.progress = progress
         self.pending: list[_Prepared] = []
         self.pending_sha: set[str] = set()
+        self.pending_chunks = 0
         self.last_commit = time.monotonic()
         self.last_commit_cost = 0.0
         self.embedded = 0
@@ -463,7 +466,8 @@ class _Run:
                 return
             self.pending.append(item)
             self.pending_sha.add(item.sha256)
-            if sum(len(p.chunks) for p in self.pending) >= FLUSH_CHUNKS:
+            self.pending_chunks += len(item.chunks)
+            if self.pending_chunks >= FLUSH_CHUNKS:
                 self.flush()
 
     def weigh(self, item: _Prepared) -> bool:
@@ -512,20 +516,27 @@ class _Run:
         self.report.chunks_written += len(texts)
         self.pending.clear()
         self.pending_sha.clear()
+        self.pending_chunks = 0
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Encode in slices, so progress moves (and the rate is measured) inside a large file."""
-        parts = []
+        """Encode longest first, in slices, so progress moves (and the rate is measured) inside a
+        large file; the vectors come back in the order of `texts`."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors: np.ndarray | None = None
         one_file = self.pending[0].path if len(self.pending) == 1 else ""
-        for start in range(0, len(texts), FLUSH_CHUNKS):
-            part = texts[start : start + FLUSH_CHUNKS]
+        for start in range(0, len(texts), ENCODE_CHUNKS):
+            rows = order[start : start + ENCODE_CHUNKS]
             began = time.perf_counter()
-            parts.append(self.pipe.embedder.encode_passages(part))
-            self._measured(len(part), time.perf_counter() - began)
-            self.progress.chunks_done(len(part))
-            if one_file and len(texts) > FLUSH_CHUNKS:
-                self.progress.working(one_file, "embedding", start + len(part), len(texts))
-        return np.concatenate(parts)
+            part = self.pipe.embedder.encode_passages([texts[i] for i in rows])
+            self._measured(len(rows), time.perf_counter() - began)
+            if vectors is None:
+                vectors = np.empty((len(texts), part.shape[1]), dtype=part.dtype)
+            vectors[rows] = part
+            self.progress.chunks_done(len(rows))
+            if one_file and len(texts) > ENCODE_CHUNKS:
+                self.progress.working(one_file, "embedding", start + len(rows), len(texts))
+        assert vectors is not None  # flush() only embeds when chunks are waiting
+        return vectors
 
     def _measured(self, n: int, seconds: float) -> None:
         self.embedded += n

@@ -29,8 +29,9 @@ with segments and filters, so only their magnitude is used and fusion normalizes
 Identity and crashes: a document's id is a hash of its path and a chunk's a hash of the
 document, its content and its place in it, so a run repeated after a kill writes the same rows
 again (upserts) and converges.  Writes are ordered so that a crash leaves nothing a next run
-does not repair: a document's chunks are written before its catalog row (a reader ignores
-chunks with no catalog row), and a removal is recorded in the collection's properties before it
+does not repair: a document's catalog row is first written marked "writing", then its chunks,
+then the row for good (a reader ignores the chunks of a row still marked; the next writer
+deletes them), and a removal is recorded in the collection's properties before it
 starts and cleared when done, so the next writer finishes it.
 
 Consistency: every read and search is Strong, so a process sees what any process committed
@@ -75,6 +76,10 @@ MAX_VARCHAR = 65_535  # bytes: Milvus's longest VARCHAR
 _BATCH = 1000  # rows per request: far below Milvus's message size limit
 _PATH = 4096
 _PROP = "rag."  # collection properties holding the base's meta
+# The catalog row of a document whose chunks are being written: what a reader ignores, and what
+# the next writer cleans up if the run died before writing the row for good.
+_WRITING = "writing"
+_FINISHED = f'status != "{_WRITING}"'
 
 _CHUNK_FIELDS = ["chunk_id", "doc_id", "ordinal", "page", "char_start", "char_end", "text", "metadata"]
 _DOC_FIELDS = [
@@ -271,11 +276,11 @@ class MilvusStore(Store):
         return [_document(row) for row in rows]
 
     def documents(self, status: str | None = None) -> list[DocumentInfo]:
-        expr = f"status == {json.dumps(status)}" if status else "doc_id >= 0"
+        expr = f"status == {json.dumps(status)}" if status else _FINISHED
         return sorted(self._docs(expr), key=lambda d: d.path)
 
     def document_by_path(self, path: str) -> DocumentInfo | None:
-        found = self._docs(f"doc_id == {doc_id_for(path)}")
+        found = self._docs(f"doc_id == {doc_id_for(path)} and {_FINISHED}")
         return found[0] if found else None
 
     def twin(self, sha256: str, chunker: str, path: str) -> int | None:
@@ -285,8 +290,16 @@ class MilvusStore(Store):
         return None
 
     def chunk_count(self) -> int:
-        rows = self._do("query", self.chunks_coll, filter="", output_fields=["count(*)"])
+        rows = self._do("query", self.chunks_coll, filter=self._finished_chunks(), output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
+
+    def _finished_chunks(self, expr: str = "") -> str:
+        """`expr` restricted to chunks of finished documents: those of a document still being
+        written (or whose writer died) are not the base's yet."""
+        unfinished = [d.doc_id for d in self._docs(f'status == "{_WRITING}"')]
+        if not unfinished:
+            return expr
+        return f"({expr}) and doc_id not in {unfinished}" if expr else f"doc_id not in {unfinished}"
 
     def size_on_disk(self) -> int | None:
         if not is_lite(self.uri):
@@ -321,7 +334,9 @@ class MilvusStore(Store):
     def _paths(self, doc_ids: set[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         for part in _parts(sorted(doc_ids)):
-            for row in self._do("query", self.docs_coll, filter=f"doc_id in {part}", output_fields=["doc_id", "path"]):
+            for row in self._do(
+                "query", self.docs_coll, filter=f"doc_id in {part} and {_FINISHED}", output_fields=["doc_id", "path"]
+            ):
                 out[int(row["doc_id"])] = row["path"]
         return out
 
@@ -332,7 +347,8 @@ class MilvusStore(Store):
         return [int(r["chunk_id"]) for r in sorted(rows, key=lambda r: r["ordinal"])]
 
     def chunk_ids(self, min_chars: int = 0) -> list[tuple[int, int]]:
-        rows = self._query_all(self.chunks_coll, "chunk_id >= 0", ["chunk_id", "doc_id", "char_start", "char_end"])
+        fields = ["chunk_id", "doc_id", "char_start", "char_end"]
+        rows = self._query_all(self.chunks_coll, self._finished_chunks("chunk_id >= 0"), fields)
         rows = [r for r in rows if r["char_end"] - r["char_start"] >= min_chars]
         return sorted((int(r["chunk_id"]), int(r["doc_id"])) for r in rows)
 
@@ -494,29 +510,25 @@ class MilvusWriter(StoreWriter):
     ) -> int:
         self.dirty = True
         doc_id = doc_id_for(path)
-        old = self.store.document_by_path(path)
-        if old is not None:
-            self.remove_documents([old.doc_id])
-        else:  # chunks a killed run wrote before its catalog row
+        found = self.store._docs(f"doc_id == {doc_id}")
+        if found and found[0].status == _WRITING:  # a run died writing it: only its chunks are there
             self._do("delete", self.store.chunks_coll, filter=f"doc_id == {doc_id}")
+        elif found:
+            self.remove_documents([doc_id])
+        row = {
+            "doc_id": doc_id, "path": path, "sha256": sha256, "size": size, "mtime": mtime, "error": error,
+            "pages": pages, "chunks": len(chunks), "chunker": chunker, "content_of": content_of,
+            "added_at": time.time(),
+        }  # fmt: skip
         if chunks:
             matrix = check_vectors(chunks, vectors)
             tokens = list(tokens) if tokens is not None else [" ".join(tokenize(c.text)) for c in chunks]
+            # Marked before its chunks are written, so that a crash in between is found and
+            # cleaned by the next writer; this spares a delete-by-filter per new document, which
+            # Milvus runs as a query and which made a copy into Lite slow down as it grew.
+            self._upsert_doc(**row, status=_WRITING)
             self._upsert_chunks(doc_id, sha256 or "", chunker or "", chunks, matrix, tokens)
-        self._upsert_doc(
-            doc_id=doc_id,
-            path=path,
-            sha256=sha256,
-            size=size,
-            mtime=mtime,
-            status=status,
-            error=error,
-            pages=pages,
-            chunks=len(chunks),
-            chunker=chunker,
-            content_of=content_of,
-            added_at=time.time(),
-        )
+        self._upsert_doc(**row, status=status)
         return doc_id
 
     def _upsert_chunks(

@@ -24,7 +24,7 @@ from tests.conftest import REPO, SAMPLES
 from tests.fixtures.kb_checks import assert_store_consistent, content
 from tests.fixtures.openai_server import free_port
 from tests.hostile.conftest import rag
-from tests.ingest.test_crash import make_corpus
+from tests.ingest.test_crash import kill_when, make_corpus
 
 pytestmark = pytest.mark.slow
 MILVUS_LITE = Path(sys.executable).parent / "milvus-lite"
@@ -127,14 +127,9 @@ def test_kill_9_during_an_ingest_into_milvus_then_a_rerun_converges(tmp_path: Pa
     cmd = [sys.executable, "-m", "rag", "ingest", str(docs), "--kb", "crash"]
     settings = load_settings(data_dir=data, store={"backend": "milvus", "uri": "./kb.db"})
     killed = 0
-    for after_s in (14, 17, 20):  # the model loads in ~10 s; then a file is written every fraction of a second
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=after_s)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed += 1
+    for grown in (20_000, 60_000, 100_000):  # killed once the Lite files grew this much: mid-write
+        before = _size(data / "kb.db")
+        killed += kill_when(cmd, env, lambda: _size(data / "kb.db") > before + grown)  # noqa: B023
         with open_store(settings, "crash") as kb:
             assert_store_consistent(kb)  # what a reader sees after a kill is whole documents only
         close_clients()
@@ -146,6 +141,10 @@ def test_kill_9_during_an_ingest_into_milvus_then_a_rerun_converges(tmp_path: Pa
     with open_store(settings, "crash") as kb, open_store(local, "clean") as clean:
         assert_store_consistent(kb)
         assert content(kb) == content(clean), "exactly what one uninterrupted (local) ingest holds"
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
