@@ -79,6 +79,8 @@ bench: setup
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/dense_index.py
 	$(BIN)/python bench/chunking.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/api.py
 
 # Reproduces the retrieval table: dense / bm25 / hybrid, whole-document and chunked, beside the
 # published numbers.  `make eval DATASET=../shared/data/beir/nfcorpus` for another BEIR folder.

@@ -88,7 +88,12 @@ def build(data: Path, backend: str, texts: list[str], identity) -> float:
             if (doc + 1) % COMMIT_EVERY_DOCS == 0:
                 writer.commit()
         writer.commit()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if backend == "milvus":
+        from rag.store.milvus import close_clients
+
+        close_clients()  # Lite lets one process hold its file: the query child opens it next
+    return seconds
 
 
 CHILD = r"""

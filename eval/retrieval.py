@@ -22,6 +22,7 @@ from ingest.pipeline import IngestPipeline, IngestReport, Problem, Progress, ope
 from rag.config import Settings
 from rag.embed import Embedder
 from rag.retrieve import Retriever
+from rag.stack import embedder_for, retriever_for
 from rag.store import Store
 
 METRICS = ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"]
@@ -235,15 +236,16 @@ def evaluate_config(
 ) -> RunResult:
     """One configuration (its retrieve.mode included) over the dataset's judged queries; a query's
     own document is left out of its ranking unless `keep_identical_ids` (see drop_identical_ids)."""
-    embedder = embedders.setdefault(settings.embed.model_dump_json(), Embedder(settings.embed))
+    embedder = embedder_for(settings, embedders)
     t0 = time.perf_counter()
     kb, _ = corpus_kb(settings, dataset, embedder, progress)
     ingest_seconds = time.perf_counter() - t0
     with kb:
         depth = chunk_depth(kb)
         retrieve = settings.retrieve
-        retriever = Retriever(kb, embedder, retrieve)
-        deep = Retriever(kb, embedder, retrieve.model_copy(update={"candidates": max(retrieve.candidates, depth)}))
+        retriever = retriever_for(settings, kb, embedder=embedder)
+        deeper = retrieve.model_copy(update={"candidates": max(retrieve.candidates, depth)})
+        deep = retriever_for(settings.model_copy(update={"retrieve": deeper}), kb, embedder=embedder)
         stage = f"queries {name}"
         total = len(dataset.queries)
         if progress:

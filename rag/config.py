@@ -185,6 +185,42 @@ class UISettings(_Section):
     )
 
 
+class APISettings(_Section):
+    host: str = Field(
+        "127.0.0.1",
+        description="address `rag api` listens on; any other than loopback needs API keys (`rag keys create`)",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="port `rag api` listens on")
+    keys_file: Path | None = Field(
+        None, description="where API keys are kept, hashed (default: <data_dir>/api/keys.json)"
+    )
+    max_request_mb: float = Field(1.0, gt=0, description="largest request body other than an upload, in MB")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest file an upload may hold, in MB")
+    max_upload_files: int = Field(20, ge=1, description="files one upload request may hold")
+    max_queued_jobs: int = Field(
+        8, ge=1, description="ingest jobs waiting behind the running one, per knowledge base; more get 429"
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="requests per minute for each key (or each address without one); 0: no limit"
+    )
+    answer_slots: int = Field(
+        4, ge=1, description="questions answered at once (chat, MCP ask); others wait for a slot ..."
+    )
+    queue_wait_s: float = Field(30.0, gt=0, description="... this long, then get 429 with Retry-After")
+    busy_wait_s: float = Field(
+        600.0,
+        ge=0,
+        description="an ingest job whose base another process is writing (`rag ingest`) waits this long for it",
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="idle HTTP keep-alive connections are closed after this")
+    max_connections: int = Field(200, ge=1, description="open connections at once; more get 503")
+
+    @field_validator("keys_file")
+    @classmethod
+    def _expand_keys_file(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(v).expanduser()
+
+
 class Settings(BaseSettings):
     """Everything the product can be told, with defaults that work with no file at all."""
 
@@ -207,6 +243,7 @@ class Settings(BaseSettings):
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     ui: UISettings = Field(default_factory=UISettings)
+    api: APISettings = Field(default_factory=APISettings)
     cache_dir: Path = Field(
         default_factory=lambda: _default_cache_dir(),
         description="converted models and other re-creatable files",
@@ -234,6 +271,11 @@ class Settings(BaseSettings):
     def kb_name(self, given: str | None) -> str:
         """The base a command works on: the one named (`--kb ""` is not "none given"), else default_kb."""
         return check_kb_name(self.default_kb if given is None else given)
+
+    @property
+    def keys_file(self) -> Path:
+        """Where the API keys are kept: api.keys_file, else <data_dir>/api/keys.json."""
+        return self.api.keys_file or self.data_dir / "api" / "keys.json"
 
     def kb_dir(self, name: str) -> Path:
         """The folder of knowledge base `name`: always directly inside <data_dir>/kb, whatever

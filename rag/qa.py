@@ -2,23 +2,22 @@
 
 The "not found" decision is made from retrieval, before any model is called: small models
 invent answers when the context lacks them, so they are never asked to be the judge.
+rag.stack assembles a QA from settings; rag.evidence says which passages back its answers.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
 from rag import prompts
 from rag.config import Settings
-from rag.lexical import tokenize
+from rag.evidence import attribute
 from rag.llm import Deadline, LLMError, invoke_within, stream_within, with_token_limit
 from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
@@ -220,29 +219,6 @@ def _with_context(question: str, history: History) -> str:
     return f"{last_user} {question}".strip()
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
-
-
-def attribute(answer: str, context: Sequence[Hit], min_overlap: float = 0.5) -> list[int]:
-    """Block numbers whose text supports the answer's sentences, for answers that cite nothing.
-
-    Small models rarely write [n] however they are asked; matching each sentence's content words
-    against the blocks still lets the user check where an answer came from (flagged as matched,
-    not cited, in the output).
-    """
-    blocks = [set(tokenize(h.chunk.text)) for h in context]
-    found: list[int] = []
-    for sentence in _SENTENCE_END.split(answer):
-        words = set(tokenize(sentence))
-        if len(words) < 2:
-            continue
-        overlaps = [len(words & b) / len(words) for b in blocks]
-        best = max(range(len(blocks)), key=lambda i: overlaps[i], default=None)
-        if best is not None and overlaps[best] >= min_overlap and best + 1 not in found:
-            found.append(best + 1)
-    return found
-
-
 def _citation(n: int, hit: Hit) -> Citation:
     c = hit.chunk
     return Citation(n, c.source, c.page_no, c.text, hit.score, c.chunk_id, c.char_start, c.char_end)
@@ -294,13 +270,3 @@ def _served_models(settings: Settings) -> list[str]:
         return sorted(m.id for m in client.models.list())
     except Exception:
         return []
-
-
-def source_label(citation_or_hit: Citation | Hit) -> str:
-    """'file.pdf, p. 2' for display."""
-    if isinstance(citation_or_hit, Hit):
-        chunk = citation_or_hit.chunk
-        source, page = chunk.source, chunk.page_no
-    else:
-        source, page = citation_or_hit.source, citation_or_hit.page
-    return Path(source).name + (f", p. {page}" if page is not None else "")

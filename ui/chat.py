@@ -7,21 +7,20 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from rag.config import Settings
-from rag.qa import QA, Answer
-from rag.retrieve import Hit
+from rag.evidence import Evidence, Passage, evidence_for, with_matched_markers
+from rag.qa import Answer
 from ui import state
 
 CHATS_KEY = "_chats"
 OPTIONS_KEY = "_chat_options"
 HISTORY_TURNS = 3  # earlier question/answer pairs a follow-up is condensed with
-CLOSEST = 3  # passages offered when the answer is not in the documents
 SOURCES = "Sources"
 ATTRIBUTED = "Matched to the answer by wording: the model cited no source itself."
 MODE_HELP = "hybrid: by meaning (dense vectors) and by keywords (BM25), fused"
@@ -74,59 +73,40 @@ class ChatOptions:
 
 
 # ---- one exchange --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Source:
-    """One source card: a cited (or retrieved) passage and where it comes from."""
-
-    n: int
-    path: str
-    page: int | None
-    text: str
-    score: float
-    similarity: float | None
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
-
 @dataclass
 class Turn:
     id: int
     question: str
     answer: Answer
-    sources_title: str = ""
-    sources_note: str = ""
-    sources: list[Source] = field(default_factory=list)
+    evidence: Evidence
+
+    @property
+    def sources(self) -> tuple[Passage, ...]:
+        return self.evidence.passages
 
     @property
     def cited(self) -> bool:
         """The cards are the answer's own sources (not passages offered instead)."""
-        return self.sources_title == SOURCES
+        return self.evidence.cited
 
 
-def _from_hit(n: int, hit: Hit) -> Source:
-    c = hit.chunk
-    return Source(n, c.source, c.page_no, c.text, hit.score, hit.similarity)
-
-
-def sources_for(answer: Answer) -> tuple[str, str, list[Source]]:
-    """(heading, note, cards) for an answer: its citations; or, when it cites nothing, the
-    passages the model was given; when nothing was found or the model failed, the closest ones."""
+def heading(answer: Answer, evidence: Evidence) -> tuple[str, str]:
+    """(heading, note) above an answer's cards; which cards they are is rag.evidence's decision."""
     if answer.error:
-        hits = answer.context or answer.retrieved
-        return "Retrieved passages", "", [_from_hit(i, h) for i, h in enumerate(hits, start=1)]
-    if not answer.found:
-        hits = answer.retrieved[:CLOSEST]
-        note = "None of them answers the question well enough." if hits else "The knowledge base holds no passages yet."
-        return "Closest passages", note, [_from_hit(i, h) for i, h in enumerate(hits, start=1)]
-    if answer.citations:
-        similarity = {h.chunk.chunk_id: h.similarity for h in answer.context}
-        cards = [Source(c.n, c.source, c.page, c.text, c.score, similarity.get(c.chunk_id)) for c in answer.citations]
-        note = ATTRIBUTED if answer.citations_attributed else ""
-        return SOURCES, note, cards
-    note = "The answer cites none of them."
-    return "Passages given to the model", note, [_from_hit(i, h) for i, h in enumerate(answer.context, start=1)]
+        return "Retrieved passages", ""
+    if evidence.kind == "closest":
+        found = "None of them answers the question well enough."
+        return "Closest passages", found if evidence.passages else "The knowledge base holds no passages yet."
+    if evidence.cited:
+        return SOURCES, ATTRIBUTED if evidence.kind == "matched" else ""
+    return "Passages given to the model", "The answer cites none of them."
+
+
+def sources_for(answer: Answer) -> tuple[str, str, tuple[Passage, ...]]:
+    """(heading, note, cards) for an answer: its sources; or, when it cites nothing, the passages
+    the model was given; when nothing was found, the closest ones."""
+    evidence = evidence_for(answer)
+    return (*heading(answer, evidence), evidence.passages)
 
 
 def anchor(turn_id: int, n: int) -> str:
@@ -162,56 +142,15 @@ def _html_text(text: str) -> str:
     return html.escape(text).replace("\r", "").replace("\n", "<br>")
 
 
-_SENTENCE = re.compile(r"[^.!?。！？]+(?:[.!?。！？]+|$)")
-
-
-def supporting_spans(passage: str, reference: str, most: int = 3) -> list[tuple[int, int]]:
-    """Character spans of the passage's sentences that say most of what `reference` (the answer,
-    or the question) says: at least two content words in common, and close to the best sentence.
-    These are what the card highlights."""
-    from rag.lexical import tokenize
-
-    wanted = set(tokenize(reference))
-    scored = []
-    for m in _SENTENCE.finditer(passage):
-        shared = len(set(tokenize(m.group())) & wanted)
-        if shared >= 2:
-            start = m.start() + len(m.group()) - len(m.group().lstrip())
-            scored.append((shared, start, m.start() + len(m.group().rstrip())))
-    if not scored:
-        return []
-    bar = max(2, 0.7 * max(shared for shared, _, _ in scored))
-    best = sorted((x for x in scored if x[0] >= bar), key=lambda x: -x[0])[:most]
-    return sorted((start, end) for _, start, end in best)
-
-
-def snippet_html(src: Source, reference: str, whole_if_none: bool) -> str:
-    """The passage with the sentences that back `reference` highlighted; a cited passage where
-    no sentence stands out is highlighted whole (it is what the answer rests on)."""
-    spans = supporting_spans(src.text, reference) or ([(0, len(src.text))] if whole_if_none else [])
+def snippet_html(text: str, spans: list[tuple[int, int]]) -> str:
+    """The passage with the sentences at `spans` highlighted."""
     out, last = [], 0
     for start, end in spans:
-        out.append(_html_text(src.text[last:start]))
-        out.append(f"<mark>{_html_text(src.text[start:end])}</mark>")
+        out.append(_html_text(text[last:start]))
+        out.append(f"<mark>{_html_text(text[start:end])}</mark>")
         last = end
-    out.append(_html_text(src.text[last:]))
+    out.append(_html_text(text[last:]))
     return "".join(out).strip()
-
-
-def with_matched_markers(answer: Answer) -> str:
-    """The answer text with [n] after each sentence that was matched to passage n, when the
-    model cited nothing itself, so the text still links to its sources."""
-    from rag.qa import attribute
-
-    if not answer.citations_attributed:
-        return answer.answer
-    out = []
-    for m in _SENTENCE.finditer(answer.answer):
-        sentence = m.group()
-        numbers = attribute(sentence, answer.context)
-        body = sentence.rstrip()
-        out.append(body + "".join(f"[{n}]" for n in numbers) + sentence[len(body) :])
-    return "".join(out)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -308,23 +247,23 @@ def _history(turns: list[Turn]) -> list[tuple[str, str]]:
 
 
 def _ask(settings: Settings, name: str, question: str, turns: list[Turn]) -> None:
-    from rag.retrieve import Retriever
+    from rag.stack import answering
 
     with st.chat_message("user", avatar=USER_AVATAR):
         st.markdown(_escape(question), unsafe_allow_html=True)
     with st.chat_message("assistant", avatar=ASSISTANT_AVATAR):
         kb = state.open_kb(settings, name)
         try:
-            retriever = Retriever(kb, state.embedder(settings), settings.retrieve)
-            qa = QA(retriever, settings, state.chat_model_factory(settings))
+            qa = answering(
+                settings, kb, embedder=state.embedder(settings), chat_model=state.chat_model_factory(settings)
+            )
             stream = qa.stream(question, _history(turns), mode=settings.retrieve.mode, top_k=settings.retrieve.top_k)
             answer = _stream_into(st.empty(), stream)
         except Exception as exc:  # LLM failures are in the Answer; this is anything else (a model missing, say)
             st.error(f"Could not answer: {exc}", icon=":material/error:")
             return
         seq = st.session_state["_turn_seq"] = st.session_state.get("_turn_seq", 0) + 1
-        title, note, cards = sources_for(answer)
-        turn = Turn(seq, question, answer, title, note, cards)
+        turn = Turn(seq, question, answer, evidence_for(answer))
         _answer_body(turn)
     turns.append(turn)
 
@@ -364,35 +303,35 @@ def _answer_body(turn: Turn) -> None:
         st.markdown(body, unsafe_allow_html=True)
     if answer.standalone_question != answer.question:
         st.caption(f"Searched for: {answer.standalone_question}")
+    title, note = heading(answer, turn.evidence)
     if turn.sources:
-        note = f" · <span class='rag-muted'>{html.escape(turn.sources_note)}</span>" if turn.sources_note else ""
-        st.markdown(f"**{turn.sources_title}**{note}", unsafe_allow_html=True)
+        muted = f" · <span class='rag-muted'>{html.escape(note)}</span>" if note else ""
+        st.markdown(f"**{title}**{muted}", unsafe_allow_html=True)
         for src in turn.sources:
             _source_card(turn, src)
-    elif turn.sources_note:
-        st.caption(turn.sources_note)
+    elif note:
+        st.caption(note)
     _timings(answer)
 
 
-def _source_card(turn: Turn, src: Source) -> None:
+def _source_card(turn: Turn, src: Passage) -> None:
     page = f"page {src.page}" if src.page is not None else ""
     score = f"score {src.score:.3f}" + (f" · similarity {src.similarity:.2f}" if src.similarity is not None else "")
-    text = page_text(src.path, src.page)
-    reference = turn.answer.answer if turn.cited else turn.answer.standalone_question
+    text = page_text(src.source, src.page)
     with st.container(border=True):
         st.markdown(
             f'<div class="rag-src" id="{anchor(turn.id, src.n)}"><div class="rag-src-head">'
             f'<span class="rag-src-n">{src.n}</span><span class="rag-src-file">{html.escape(src.name)}</span>'
             f'<span class="rag-src-page">{page}</span><span class="rag-src-score">{score}</span></div>'
-            f'<div class="rag-snippet">{snippet_html(src, reference, whole_if_none=turn.cited)}</div></div>',
+            f'<div class="rag-snippet">{snippet_html(src.text, turn.evidence.highlights(src))}</div></div>',
             unsafe_allow_html=True,
         )
         left, right = st.columns([1, 3], vertical_alignment="center")
         with left:
-            if Path(src.path).is_file():
+            if Path(src.source).is_file():
                 st.download_button(
                     "Download file",
-                    data=lambda p=src.path: Path(p).read_bytes(),
+                    data=lambda p=src.source: Path(p).read_bytes(),
                     file_name=src.name,
                     key=f"dl-{turn.id}-{src.n}",
                     icon=":material/download:",

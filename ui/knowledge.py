@@ -14,9 +14,9 @@ import streamlit as st
 
 from ingest.pipeline import IngestReport, Problem, Progress
 from rag.config import KB_NAME_RULE, InvalidKBName, Settings, check_kb_name
-from rag.store import DocumentInfo, KBError, create_store, delete_base, open_store
+from rag.store import DocumentInfo, KBError, create_store, delete_base
 from ui import state
-from ui.uploads import Stored, is_upload, store_upload, supported_types
+from ui.uploads import Stored, remove_documents, save, supported_types
 
 STATUS_LABEL = {"ok": "ready", "empty": "no text", "failed": "failed", "duplicate": "duplicate"}
 
@@ -149,9 +149,7 @@ def add_files(settings: Settings, name: str, uploads: Sequence[tuple[str, bytes]
     memory cap (ingest.worker_memory_mb): a runaway file fails, the UI stays up for everyone."""
     from ingest.worker import WorkerError, ingest_in_worker
 
-    root = settings.kb_dir(name)
-    limit = settings.ui.max_upload_mb
-    outcome = AddOutcome([store_upload(root, n, data, int(limit * 2**20), f"{limit:g} MB") for n, data in uploads])
+    outcome = AddOutcome([save(settings, name, n, data) for n, data in uploads])
     paths = [s.path for s in outcome.stored if s.path is not None]
     if not paths:
         return outcome
@@ -160,21 +158,6 @@ def add_files(settings: Settings, name: str, uploads: Sequence[tuple[str, bytes]
     except (KBError, WorkerError) as exc:
         outcome.error = str(exc)
     return outcome
-
-
-def remove_documents(settings: Settings, name: str, doc_ids: Sequence[int]) -> int:
-    """Remove documents and their vectors; the base's own copy of an uploaded file goes too.
-    Returns the new generation."""
-    root = settings.kb_dir(name)
-    with open_store(settings, name) as kb:
-        doomed = [d for d in kb.documents() if d.doc_id in set(doc_ids)]
-        with kb.writer() as writer:
-            writer.remove_documents(d.doc_id for d in doomed)
-            generation = writer.commit()
-    for d in doomed:
-        if is_upload(root, d.path):
-            Path(d.path).unlink(missing_ok=True)
-    return generation
 
 
 def outcome_messages(outcome: AddOutcome) -> list[tuple[str, str]]:

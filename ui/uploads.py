@@ -1,127 +1,23 @@
-"""Storing uploaded files inside a knowledge base's own folder, safely.
-
-A browser sends a file name chosen by whoever made the file: it may hold `../`, a Windows path,
-control characters, or the name of a document already in the base.  Names are reduced to a
-plain file name, files land only in ``<kb>/files/``, and an existing file is never replaced:
-identical content is recognised as already there, different content gets a free name.
-"""
+"""The web UI's uploads: stored by ingest.uploads (path-safe, inside the base's own folder, never
+over another file) with the UI's size limit, ui.max_upload_mb, and the ingest's archive limits."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import tempfile
-import unicodedata
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from ingest.loaders import ArchiveLimits
+from ingest.uploads import Stored, is_upload, remove_documents, store_upload, supported_types
+from rag.config import Settings
 
-from ingest.loaders import LOADERS
-
-FILES_DIR = "files"
-MAX_STEM = 100
-_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
-_SPACES = re.compile(r"\s+")
+__all__ = ["Stored", "is_upload", "remove_documents", "save", "supported_types"]
 
 
-def supported_types() -> list[str]:
-    """Extensions the uploader accepts (without dots), the loaders' list."""
-    return sorted(ext.lstrip(".") for ext in LOADERS)
-
-
-def files_dir(kb_root: Path) -> Path:
-    return kb_root / FILES_DIR
-
-
-def safe_filename(name: str) -> str:
-    """A plain, visible file name: last path component only, no separators or control
-    characters, no leading dots (no hidden files, no `..`), bounded length.  Letters of any
-    script are kept, so 说明书.pdf stays readable."""
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("_", name)
-    name = "".join(ch for ch in name if ch.isprintable())
-    name = _SPACES.sub(" ", name).strip().lstrip(".").strip()
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        stem, suffix = name, ""
-    stem = stem.strip(" .")[:MAX_STEM].strip() or "upload"
-    suffix = suffix.strip()[:16].lower()
-    return f"{stem}.{suffix}" if suffix else stem
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What happened to one uploaded file."""
-
-    original: str
-    status: Literal["saved", "already there", "rejected"]
-    message: str
-    path: Path | None = None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _candidates(name: str):
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        stem, suffix = name, ""
-    yield name
-    n = 2
-    while True:
-        yield f"{stem}-{n}{dot}{suffix}"
-        n += 1
-
-
-def store_upload(kb_root: Path, original: str, data: bytes, max_bytes: int, limit_label: str) -> Stored:
-    """Write one upload under ``<kb>/files/`` without ever replacing an existing file."""
-    if len(data) > max_bytes:
-        size = len(data) / 2**20
-        return Stored(
-            original,
-            "rejected",
-            f"{original} is {size:.1f} MB, over the upload limit of {limit_label} (ui.max_upload_mb)",
-        )
-    if not data:
-        return Stored(original, "rejected", f"{original} is empty")
-    name = safe_filename(original)
-    suffix = Path(name).suffix
-    if suffix not in LOADERS:
-        kinds = ", ".join(f".{t}" for t in supported_types())
-        return Stored(original, "rejected", f"{original}: unsupported file type {suffix or '(none)'}; use {kinds}")
-    folder = files_dir(kb_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = _sha256(data)
-    # Written completely under a temporary name, then linked into place: os.link fails rather
-    # than replace an existing file, so two uploads racing for one name both survive.
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        for candidate in _candidates(name):
-            target = folder / candidate
-            if target.exists():
-                if target.is_file() and _sha256(target.read_bytes()) == digest:
-                    return Stored(original, "already there", f"{candidate} is already in this knowledge base", target)
-                continue
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                continue
-            renamed = f" (saved as {candidate}: another document has that name)" if candidate != name else ""
-            return Stored(original, "saved", f"{original}{renamed}", target)
-    finally:
-        os.unlink(tmp)
-    raise AssertionError("unreachable: the candidate names never run out")
-
-
-def is_upload(kb_root: Path, path: str | Path) -> bool:
-    """True for a document whose file is the base's own stored upload (removed with it)."""
-    try:
-        return Path(path).resolve().parent == files_dir(kb_root).resolve()
-    except OSError:
-        return False
+def save(settings: Settings, kb_name: str, original: str, data: bytes) -> Stored:
+    """Store one file the browser sent into base `kb_name`'s folder, or say why not."""
+    limit = settings.ui.max_upload_mb
+    return store_upload(
+        settings.kb_dir(kb_name),
+        original,
+        data,
+        int(limit * 2**20),
+        f"{limit:g} MB (ui.max_upload_mb)",
+        ArchiveLimits.from_settings(settings.ingest),
+    )

@@ -10,9 +10,9 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import AIMessage
 from typer.testing import CliRunner
 
+from cli.main import app
 from eval.datasets import load_qa
 from eval.make_qa import draft_qa, parse_draft, sample_chunks
-from rag.cli import app
 from rag.store.local import LocalStore
 from tests.conftest import qa_settings
 from tests.fixtures.openai_server import serve

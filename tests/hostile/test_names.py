@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app
+from cli.main import app
 from rag.embed import EmbedderIdentity
 from rag.store.local import LocalStore
 from rag.store.local import exists as local_exists

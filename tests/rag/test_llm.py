@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app
+from cli.main import app
 from rag.llm import LLMError, make_chat_model
 from rag.qa import QA
 from rag.retrieve import Retriever

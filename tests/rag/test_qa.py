@@ -9,7 +9,8 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag import prompts
-from rag.qa import QA, Answer, attribute
+from rag.evidence import attribute
+from rag.qa import QA, Answer
 from rag.retrieve import Hit, Retriever
 from rag.store.local import LocalStore
 from rag.types import Chunk

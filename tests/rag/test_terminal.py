@@ -32,7 +32,7 @@ def test_layout_survives_in_text_and_not_in_one_line() -> None:
 
 
 def test_a_streamed_answer_is_printed_escaped(capsys: pytest.CaptureFixture[str]) -> None:
-    from rag import cli
+    from cli.ask import stream_answer
     from rag.qa import Answer
 
     class FakeQA:
@@ -40,5 +40,5 @@ def test_a_streamed_answer_is_printed_escaped(capsys: pytest.CaptureFixture[str]
             yield "The model copied \x1b[2Kthis"
             yield Answer(question, "The model copied \x1b[2Kthis", False, "en", question)
 
-    cli._stream_answer(FakeQA(), "q", ())
+    stream_answer(FakeQA(), "q", ())
     assert "\x1b" not in capsys.readouterr().out

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from eval.answers import contains
 from eval.datasets import write_qa
-from rag.cli import app
 from rag.prompts import NOT_FOUND, SYSTEM
 from rag.retrieve import Retriever
 from rag.store.local import LocalStore

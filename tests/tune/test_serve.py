@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app
+from cli.main import app
 from rag.config import load_settings
 from rag.llm import make_chat_model
 from rag.tune.serve import (

@@ -160,7 +160,7 @@ def test_saving_an_adapter_with_modules_to_save_is_refused(tiny_base: Path, tmp_
 def test_rag_tune_train_reports_the_adapter_and_how_to_use_it(tiny_base: Path, sft_file: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from rag.cli import app
+    from cli.main import app
 
     out = tmp_path / "adapters" / "mini"
     args = ["tune", "train", "--data", str(sft_file), "--out", str(out), "--base", str(tiny_base), "--max-steps", "2"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app as cli
+from cli.main import app as cli
 from rag.config import load_settings
 from tests.ui.conftest import APP, PAGES, open_app, texts
 from ui.launch import PROJECT_ROOT, is_loopback, streamlit_command, streamlit_env

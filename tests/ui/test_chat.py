@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from rag.evidence import supporting_spans, with_matched_markers
 from rag.qa import Answer
 from rag.retrieve import Hit
 from rag.types import Chunk
 from tests.fixtures.openai_server import free_port
 from tests.ui.conftest import all_markdown, open_app, texts
-from ui.chat import answer_html, sources_for, supporting_spans, with_matched_markers
+from ui.chat import answer_html, sources_for
 
 WARRANTY = "How long is the battery module covered by the warranty?"
 OFF_TOPIC = "What is the capital of France?"
@@ -144,3 +145,22 @@ def test_cards_for_each_outcome() -> None:
     assert sources_for(failed)[0] == "Retrieved passages" and len(sources_for(failed)[2]) == 2
     uncited = Answer("q", "Something.", True, "en", "q", retrieved=hits, context=hits[:2])
     assert sources_for(uncited)[:2] == ("Passages given to the model", "The answer cites none of them.")
+
+
+@pytest.mark.slow
+def test_the_chat_works_unchanged_on_a_milvus_base(
+    sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.config import load_settings
+    from rag.store.copy import copy_base
+
+    uri = str(tmp_path / "kb.db")
+    copy_base(load_settings(data_dir=sample_data, store={"uri": uri}), "sample", "sample", to_backend="milvus")
+    monkeypatch.setenv("RAG_STORE__BACKEND", "milvus")
+    monkeypatch.setenv("RAG_STORE__URI", uri)
+    at = ask(open_app(), WARRANTY)
+    turn = last_turn(at)
+    assert turn.answer.found and turn.answer.error is None
+    assert any("helios-h10-warranty.pdf" in c and "page 2" in c for c in cards(at))
+    at.switch_page("views/knowledge_bases.py").run()
+    assert not at.exception and "sample" in [o for s in at.selectbox for o in s.options]

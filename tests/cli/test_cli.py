@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app
+from cli.main import app
 from tests.conftest import REPO
 
 SAMPLES = REPO / "samples" / "docs"

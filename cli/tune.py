@@ -1,4 +1,5 @@
-"""`rag tune data | train` and `rag serve`: knowledge base -> SFT set -> LoRA adapter -> vLLM."""
+"""`rag tune data | train` and `rag serve`: knowledge base -> SFT set -> LoRA adapter -> vLLM
+(the work itself is rag.tune's)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import typer
 from rich.progress import TextColumn
 from rich.table import Table
 
-from rag.cli import _fail, _open_kb, _settings, err, out, progress_bar
+from cli.common import err, fail, note, open_kb, out, settings_of
+from cli.display import progress_bar
 
 tune_app = typer.Typer(
     help="LoRA-tune the answering model on a knowledge base: build training data, train an adapter.",
@@ -58,21 +60,20 @@ def data(
     "Not found" is the answer for unanswerable questions and for questions shown without their
     gold chunk."""
     from eval.datasets import DatasetError, load_qa, sample
-    from rag.embed import Embedder
-    from rag.retrieve import Retriever
+    from rag.stack import retriever_for
     from rag.store import KBError
     from rag.tune.data import KINDS, SPLITS, build_examples, write_sft
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         items = sample(load_qa(qa_file, split), limit, seed)
     except DatasetError as exc:
-        raise _fail(str(exc)) from exc
-    base = _open_kb(settings, kb)
+        raise fail(str(exc)) from exc
+    base = open_kb(settings, kb)
     try:
-        retriever = Retriever(base, Embedder(settings.embed), settings.retrieve)
+        retriever = retriever_for(settings, base)
     except KBError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     started = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("questions", total=len(items))
@@ -87,7 +88,7 @@ def data(
             progress=lambda done, total: bar.update(task, completed=done),
         )
     if not result.examples:
-        raise _fail(f"no usable example from {len(items)} questions: " + _reasons(result.skipped), 1)
+        raise fail(f"no usable example from {len(items)} questions: " + _reasons(result.skipped), 1)
     write_sft(result.examples, out_file)
     counts = result.counts()
     table = Table("split", *KINDS, "total", title=f"{len(result.examples)} examples -> {out_file}")
@@ -170,12 +171,12 @@ def train_cmd(
     from rag.tune.data import SFTDataError
     from rag.tune.train import TrainConfig, TrainError, train
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     name = base or settings.llm.model
     try:
-        path = resolve_llm(name, settings.cache_dir, notify=lambda m: err.print(m, highlight=False))
+        path = resolve_llm(name, settings.cache_dir, notify=note)
     except ModelNotAvailable as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     config = TrainConfig(
         data=data_file,
         out=out_dir,
@@ -198,10 +199,10 @@ def train_cmd(
         result = train(config, callbacks=[progress])
     except (TrainError, SFTDataError) as exc:
         progress.bar.stop()
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     except KeyboardInterrupt as exc:
         progress.bar.stop()
-        raise _fail(
+        raise fail(
             f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
         ) from exc
     first, last = result.losses[0][1], result.losses[-1][1]
@@ -249,17 +250,17 @@ def serve(
     from rag.models import ModelNotAvailable, resolve_llm
     from rag.tune.serve import ServeConfig, ServeError, VLLMServer, find_runtime, load_adapter, parse_adapter
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     name = base or settings.llm.model
     try:
         adapters = [load_adapter(*parse_adapter(spec)) for spec in adapter or []]
         runtime = find_runtime(vllm_python)
-        model = resolve_llm(name, settings.cache_dir, notify=lambda m: err.print(m, highlight=False))
+        model = resolve_llm(name, settings.cache_dir, notify=note)
     except (ServeError, ModelNotAvailable) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     names = [a.name for a in adapters]
     if len(set(names)) != len(names) or name in names:
-        raise _fail(f"adapter names must be unique and differ from the base's ({name}): {', '.join(names)}")
+        raise fail(f"adapter names must be unique and differ from the base's ({name}): {', '.join(names)}")
     for a in adapters:
         if a.base and a.base != name:
             err.print(f"[yellow]warning[/]: adapter {a.name!r} was trained on {a.base!r}, not {name!r}")
@@ -274,9 +275,9 @@ def serve(
             server.wait_ready(timeout)
         _print_ready(config)
         server.process.wait()  # type: ignore[union-attr]
-        raise _fail(f"vLLM exited with status {server.process.returncode}:\n{server.log_tail()}", 1)  # type: ignore[union-attr]
+        raise fail(f"vLLM exited with status {server.process.returncode}:\n{server.log_tail()}", 1)  # type: ignore[union-attr]
     except ServeError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     except KeyboardInterrupt:
         err.print("stopping vLLM ...")
     finally:

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from rag.cli import _fail, _open_kb, _settings, err, out, progress_bar
+from cli.common import answering, err, fail, note, open_kb, out, settings_of
+from cli.display import progress_bar
 from rag.config import ConfigError, Settings, load_settings
 
 eval_app = typer.Typer(
@@ -43,11 +44,11 @@ def _configs(settings: Settings, paths: list[Path], modes: list[str]) -> list[tu
     """Every (config file x mode) pair, named "file/mode" (just the mode when no file is given)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise _fail(f"--mode must be one of {', '.join(MODES)}, not {bad[0]!r}")
+        raise fail(f"--mode must be one of {', '.join(MODES)}, not {bad[0]!r}")
     try:
         bases = [(p.stem, load_settings(p)) for p in paths] or [("default", settings)]
     except ConfigError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     configs = []
     for stem, cfg in bases:
         for mode in modes or [cfg.retrieve.mode]:
@@ -90,7 +91,7 @@ def retrieval(
     from eval.datasets import DatasetError
     from eval.retrieval import run_retrieval_eval
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     configs = _configs(settings, config or [], mode or [])
     target = out_dir or _default_out(settings, "retrieval", dataset.name)
     try:
@@ -99,9 +100,9 @@ def retrieval(
                 settings, dataset, split, configs, target, _StageBars(bar), keep_identical_ids, _warn
             )
     except (DatasetError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     except KeyboardInterrupt as exc:
-        raise _fail(
+        raise fail(
             "interrupted; ingested documents are kept, so the next run continues where this one stopped", 1
         ) from exc
     _show(folder)
@@ -125,7 +126,7 @@ def show(
     if folder is not None:
         _show(folder)
         return
-    root = _settings(ctx).data_dir / "eval"
+    root = settings_of(ctx).data_dir / "eval"
     reports = list_reports(root)
     if not reports:
         out.print(f"no reports in {root}; make one with `rag eval retrieval --dataset PATH`")
@@ -140,7 +141,7 @@ def _show(folder: Path) -> None:
     try:
         report = load_report(folder)
     except ReportError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if report.get("kind") == "answers":
         out.print(_answers_table(report))
     else:
@@ -218,25 +219,25 @@ def answers(
     from eval.datasets import DatasetError, load_qa, sample
     from eval.report import write_answer_report
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         items = sample(load_qa(qa_file, split), limit, seed)
     except DatasetError as exc:
-        raise _fail(str(exc)) from exc
-    variants = _variants(settings, backend, model or [], adapter or [], max_new_tokens, base)
+        raise fail(str(exc)) from exc
+    chosen = variants(settings, backend, model or [], adapter or [], max_new_tokens, base)
     judge_settings = _judge_settings(settings, backend, judge, judge_base_url) if judge else None
     grade = _load_judge(judge_settings) if judge_settings else None  # fails now, not after an hour of answers
     name = settings.kb_name(kb)
     runs, rows = [], {}
-    for label, cfg in variants:
-        qa = _qa_for(cfg, name)
+    for label, cfg in chosen:
+        qa = answering(cfg, name)
         started = time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task(f"{label}: questions", total=len(items))
             try:
                 per_question = run_answers(qa, items, lambda done, total, t=task: bar.update(t, completed=done))
             except AnswerEvalError as exc:
-                raise _fail(f"{label}: {exc}", 1) from exc
+                raise fail(f"{label}: {exc}", 1) from exc
         runs.append(
             {
                 "name": label,
@@ -256,10 +257,10 @@ def answers(
     target = out_dir or _default_out(settings, "answers", qa_file.stem)
     _show(write_answer_report(target, qa_file, name, split, runs, rows))
     if judge_failed:
-        raise _fail(f"--judge: {judge_failed}; the report above has no judge_accuracy", 1)
+        raise fail(f"--judge: {judge_failed}; the report above has no judge_accuracy", 1)
 
 
-def _variants(
+def variants(
     settings: Settings,
     backend: str | None,
     models: list[str],
@@ -269,14 +270,14 @@ def _variants(
 ) -> list[tuple[str, Settings]]:
     """One Settings per run: each --model (unless --no-base), then the first model with each --adapter."""
     if backend not in (None, "local", "openai"):
-        raise _fail(f"--backend must be local or openai, not {backend!r}")
+        raise fail(f"--backend must be local or openai, not {backend!r}")
     if not base and not adapters:
-        raise _fail("--no-base leaves nothing to run without --adapter")
+        raise fail("--no-base leaves nothing to run without --adapter")
     llm = settings.llm.model_copy(
         update={k: v for k, v in {"backend": backend, "max_new_tokens": max_new_tokens}.items() if v}
     )
     if adapters and llm.backend != "local":
-        raise _fail(
+        raise fail(
             "--adapter loads a peft folder in-process: use it with --backend local (with openai, pass the "
             "adapter's served name as --model)"
         )
@@ -286,7 +287,7 @@ def _variants(
     first = models[0] if models else llm.model
     for a in adapters:
         if not (a / "adapter_config.json").is_file():
-            raise _fail(f"{a}: not a peft adapter folder (no adapter_config.json)")
+            raise fail(f"{a}: not a peft adapter folder (no adapter_config.json)")
         cfg_llm = llm.model_copy(update={"model": first, "adapter": str(a)})
         out_.append((f"{first.rsplit('/', 1)[-1]}+{a.name}", settings.model_copy(update={"llm": cfg_llm})))
     return out_
@@ -311,7 +312,7 @@ def _load_judge(settings: Settings) -> Callable[[dict[str, list[dict[str, Any]]]
         invoke = make_judge(settings)
         invoke([("user", "Reply with one word: yes.")])
     except (JudgeError, LLMError, ModelNotAvailable) as exc:
-        raise _fail(f"--judge: {exc}", 1) from exc
+        raise fail(f"--judge: {exc}", 1) from exc
 
     def grade(rows: dict[str, list[dict[str, Any]]]) -> str | None:
         """None, or why grading stopped; then no row keeps a grade and the report is written without."""
@@ -330,12 +331,6 @@ def _load_judge(settings: Settings) -> Callable[[dict[str, list[dict[str, Any]]]
     return grade
 
 
-def _qa_for(settings: Settings, kb: str):
-    from rag.cli import _qa
-
-    return _qa(settings, kb)
-
-
 @eval_app.command("corpus")
 def corpus(
     ctx: typer.Context,
@@ -345,23 +340,22 @@ def corpus(
     """Ingest a corpus.jsonl into a knowledge base, e.g. for `rag eval answers` on SQuAD.
 
     One document per line, named by its id."""
+    from cli.ingest_display import RichProgress, print_report
     from eval.datasets import DatasetError, load_corpus, write_corpus
-    from ingest.cli_progress import RichProgress
     from ingest.pipeline import IngestPipeline, open_for_ingest
-    from rag.cli import _print_report
     from rag.embed import Embedder
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     path = dataset / "corpus.jsonl" if dataset.is_dir() else dataset
     try:
         docs = load_corpus(path)
     except DatasetError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     folder = write_corpus(docs, settings.cache_dir / "eval" / "corpora" / f"kb-{kb}")
     embedder = Embedder(settings.embed)
     with open_for_ingest(settings, kb, embedder) as base, RichProgress(err) as progress:
         report = IngestPipeline(settings, embedder, base).run([folder], sync=True, progress=progress)
-    _print_report(kb, report)
+    print_report(kb, report)
     raise typer.Exit(report.exit_code)
 
 
@@ -377,7 +371,7 @@ def convert_qa(
     try:
         items = beir_to_qa(dataset, split)
     except DatasetError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     write_qa(items, out_file)
     out.print(f"{len(items)} questions -> {out_file}", highlight=False)
 
@@ -402,18 +396,18 @@ def make_qa(
     from rag.llm import make_chat_model
     from rag.qa import describe_llm_error
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     updates = {k: v for k, v in {"backend": backend, "model": model}.items() if v}
     settings = settings.model_copy(update={"llm": settings.llm.model_copy(update=updates)})
-    base = _open_kb(settings, kb)
+    base = open_kb(settings, kb)
     try:
-        chat = make_chat_model(settings, notify=lambda m: err.print(m, highlight=False))
+        chat = make_chat_model(settings, notify=note)
         with progress_bar() as bar:
             task = bar.add_task("drafting", total=n)
             items, tried = draft_qa(base, chat, n, seed, lambda t, kept, want: bar.update(task, completed=kept))
     except Exception as exc:
-        raise _fail(describe_llm_error(exc, settings), 1) from exc
+        raise fail(describe_llm_error(exc, settings), 1) from exc
     if not items:
-        raise _fail(f"the model produced no usable question from {tried} passages; try a stronger --model", 1)
+        raise fail(f"the model produced no usable question from {tried} passages; try a stronger --model", 1)
     write_qa(items, out_file)
     out.print(f"{len(items)} questions from {tried} passages -> {out_file} (review them before relying on them)")

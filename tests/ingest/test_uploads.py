@@ -1,4 +1,5 @@
-"""Uploaded files land only in the base's own folder, under plain names, never over another file."""
+"""Uploaded files (web UI, API) land only in the base's own folder, under plain names, never over another
+file; files too large, of no readable type, or unpacking past the ingest's limits are refused unwritten."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ui.uploads import files_dir, is_upload, safe_filename, store_upload
+from ingest.loaders import ArchiveLimits
+from ingest.uploads import files_dir, is_upload, safe_filename, store_upload
+from tests.fixtures.bombs import docx_bomb
 
 LIMIT = 1024 * 1024
 
@@ -49,8 +52,9 @@ def test_same_name_other_content_gets_a_new_name_and_same_content_is_recognised(
 
 
 def test_too_big_empty_and_unsupported_files_are_refused_with_the_reason(tmp_path: Path) -> None:
-    big = store_upload(tmp_path, "big.pdf", b"x" * 2048, 1024, "0.001 MB")
-    assert big.status == "rejected" and "over the upload limit of 0.001 MB (ui.max_upload_mb)" in big.message
+    big = store_upload(tmp_path, "big.pdf", b"x" * 2048, 1024, "0.001 MB (api.max_upload_mb)")
+    assert big.status == "rejected" and big.too_large
+    assert big.message == "big.pdf is 0.0 MB, over the upload limit of 0.001 MB (api.max_upload_mb)"
     assert store_upload(tmp_path, "empty.txt", b"", LIMIT, "1 MB").message == "empty.txt is empty"
     exe = store_upload(tmp_path, "setup.exe", b"MZ", LIMIT, "1 MB")
     assert exe.status == "rejected" and "unsupported file type .exe" in exe.message and ".pdf" in exe.message
@@ -61,3 +65,14 @@ def test_is_upload_only_for_the_bases_own_copies(tmp_path: Path) -> None:
     stored = store_upload(tmp_path, "a.txt", b"a", LIMIT, "1 MB")
     assert is_upload(tmp_path, stored.path)
     assert not is_upload(tmp_path, tmp_path / "a.txt")
+
+
+def test_a_zip_bomb_is_refused_before_it_is_written(tmp_path: Path) -> None:
+    bomb = docx_bomb(tmp_path / "src" / "bomb.docx", 24).read_bytes()
+    limits = ArchiveLimits(max_unpacked_mb=16, max_ratio=100)
+    stored = store_upload(tmp_path / "kb", "report.docx", bomb, LIMIT * 8, "8 MB", limits)
+    assert stored.status == "rejected" and stored.too_large
+    assert "unpacks to" in stored.message and "decompression bomb" in stored.message
+    assert not files_dir(tmp_path / "kb").exists()
+    # Without the limits (the caller checks elsewhere) it is just a file.
+    assert store_upload(tmp_path / "kb", "report.docx", bomb, LIMIT * 8, "8 MB").status == "saved"

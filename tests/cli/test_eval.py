@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag.cli import app
+from cli.main import app
 from tests.conftest import MODEL_CACHE, SAMPLES
 from tests.fixtures.beir import ARGUMENTS, write_beir, write_beir_self_queries
 from tests.fixtures.openai_server import free_port
@@ -169,16 +169,16 @@ def test_a_judge_that_cannot_be_reached_stops_the_run_before_any_answer(run, tmp
 
 
 def test_no_base_runs_only_the_adapters(run, isolated: Path, tmp_path: Path) -> None:
-    from eval.cli import _variants
+    from cli.eval import variants
     from rag.config import load_settings
 
     adapter = tmp_path / "my-adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     settings = load_settings()
-    both = [label for label, _ in _variants(settings, "local", [], [adapter], None)]
+    both = [label for label, _ in variants(settings, "local", [], [adapter], None)]
     assert both == ["SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct+my-adapter"]
-    only = _variants(settings, "local", [], [adapter], None, base=False)
+    only = variants(settings, "local", [], [adapter], None, base=False)
     assert [label for label, _ in only] == ["SmolLM2-135M-Instruct+my-adapter"]
     assert only[0][1].llm.adapter == str(adapter)
 
