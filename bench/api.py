@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -32,19 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from query import read_jsonl  # bench/ is not a package
+
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
 KB = "scifact-bench"
 LEVELS = (1, 8, 32)
 TOP_K = 5
 SEED = 0
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        sys.exit(f"needs {path} (the shared data folder beside the repo)")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def build_base(settings, n: int) -> None:

@@ -57,7 +57,7 @@ SEED = 0
 
 
 # ---- synthetic chunks and real queries ------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         sys.exit(f"needs {path} (the shared data folder beside the repo)")
     with open(path, encoding="utf-8") as fh:
@@ -79,8 +79,8 @@ def _windows(units: list[str], offset: int, rng: np.random.Generator, joiner: st
 def synthesize(n: int) -> list[str]:
     """n chunk texts: each pass windows every corpus at a new offset, shuffled, until there are n."""
     rng = np.random.default_rng(SEED)
-    english = [f"{d.get('title', '')} {d['text']}".split() for p in CORPORA_EN for d in _read_jsonl(p)]
-    chinese = [list(d["text"]) for d in _read_jsonl(CORPUS_ZH)]
+    english = [f"{d.get('title', '')} {d['text']}".split() for p in CORPORA_EN for d in read_jsonl(p)]
+    chinese = [list(d["text"]) for d in read_jsonl(CORPUS_ZH)]
     texts: list[str] = []
     for pass_no in range(100):
         batch = [w for words in english for w in _windows(words, pass_no * 20, rng, " ", 1)]
@@ -103,7 +103,7 @@ def load_queries(n: int, skip: int = 0) -> list[str]:
     rng = np.random.default_rng(SEED + 1)
     pools = []
     for path in QUERY_FILES:
-        rows = [r["text"] for r in _read_jsonl(path) if len(r["text"].split()) >= 3]
+        rows = [r["text"] for r in read_jsonl(path) if len(r["text"].split()) >= 3]
         pools.append([rows[i] for i in rng.permutation(len(rows))])
     mixed = [q for pair in zip(*pools, strict=False) for q in pair]
     return mixed[skip : skip + n]

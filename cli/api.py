@@ -28,7 +28,7 @@ def api(
     Exit status: 0 stopped (Ctrl-C), 1 it could not start (the port is taken, the key file is
     unreadable), 2 a usage error (another address than loopback while no API key exists).
     """
-    from server.auth import is_loopback
+    from rag.config import is_loopback
     from server.keys import KeyFileError, KeyStore
 
     settings = settings_of(ctx)

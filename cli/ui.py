@@ -21,7 +21,8 @@ def ui(
     import importlib.util
     import sys
 
-    from ui.launch import is_loopback, streamlit_command, streamlit_env
+    from rag.config import is_loopback
+    from ui.launch import streamlit_command, streamlit_env
 
     if importlib.util.find_spec("streamlit") is None:
         raise fail("the web UI needs streamlit: pip install streamlit")

@@ -8,6 +8,7 @@ the environment at import time.  Nested sections are overridden with a double un
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -424,3 +425,15 @@ def _unknown_env_vars(environ: Any) -> list[str]:
             guess = f"; did you mean {'RAG_' + '__'.join(close).upper()}?" if close else ""
             problems.append(f"{key}: not a setting{guess}")
     return problems
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the addresses only this machine reaches (`rag ui` and
+    `rag api` ask for a password or keys before they listen anywhere else)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -18,7 +18,6 @@ knowledge base.  429: the caller's rate limit (see server.limits).  All in the o
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -28,6 +27,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rag.config import is_loopback
 from server.errors import APIError
 from server.keys import ApiKey, KeyFileError, KeyStore, Role, role_at_least
 from server.limits import RateLimiter
@@ -61,17 +61,6 @@ class Principal:
 
 
 LOCAL = Principal("local", "local user, no API keys", "admin", ("*",))
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Access:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from rag.config import Settings
+from rag.config import Settings, is_loopback
 from rag.embed import Embedder
-from server.auth import Access, is_loopback
+from server.auth import Access
 from server.bases import Bases
 from server.jobs import Jobs
 from server.keys import KeyStore

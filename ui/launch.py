@@ -3,7 +3,6 @@ so they can be checked without starting a server."""
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import sys
@@ -50,12 +49,3 @@ def streamlit_env(environ: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app as cli
-from rag.config import load_settings
+from rag.config import is_loopback, load_settings
 from tests.ui.conftest import APP, PAGES, open_app, texts
-from ui.launch import PROJECT_ROOT, is_loopback, streamlit_command, streamlit_env
+from ui.launch import PROJECT_ROOT, streamlit_command, streamlit_env
 
 
 def test_streamlit_is_started_on_loopback_with_the_config_and_the_upload_limit(isolated: Path) -> None:
