@@ -97,7 +97,7 @@ def build(data: Path, backend: str, texts: list[str], identity) -> float:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from store import settings_for
 from pathlib import Path
@@ -124,7 +124,9 @@ for i, q in enumerate(queries):
         t = time.perf_counter()
         retriever.search(q, mode=mode, query_vector=vec)
         times[mode].append(time.perf_counter() - t)
-print(json.dumps({"times": times, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries the forking parent's peak into a child's ru_maxrss.
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"times": times, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
 
