@@ -139,9 +139,11 @@ class Jobs:
             return None
 
     def busy(self, kb: str) -> bool:
-        """A job of this process is running or waiting for `kb`."""
+        """A job of this process is running or waiting for `kb`: read from the jobs' own status,
+        so a client that has just seen its last job finish is not told the base is still busy
+        while the queue's thread winds down."""
         with self._lock:
-            return kb in self._draining or bool(self._queues.get(kb))
+            return any(j.kb == kb and j.status in ("queued", "running") for j in self._jobs.values())
 
     def check_room(self, kb: str) -> None:
         """APIError 429 when `kb` already has api.max_queued_jobs jobs waiting."""
