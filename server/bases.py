@@ -21,7 +21,7 @@ import numpy as np
 from rag.config import Settings
 from rag.embed import Embedder
 from rag.stack import answering, embedder_for, lazy_chat_model
-from rag.store import Allowed, DocumentInfo, Filters, Store, StoreWriter, base_stamp, open_store
+from rag.store import Allowed, DocumentInfo, Filters, KBReadOnly, Store, StoreWriter, base_stamp, open_store
 from rag.types import Chunk
 from server.errors import APIError
 
@@ -104,7 +104,8 @@ class SharedStore(Store):
         return self._call("lexical_scores", query, ids)
 
     def writer(self, dense_index: str | None = None) -> StoreWriter:
-        raise NotImplementedError("the server writes through a store of its own, never a shared reader")
+        # Writes go through a store of their own (ingest jobs, deletions), never this shared reader.
+        raise KBReadOnly("this handle is the server's shared reader; open the store to write")
 
     def close(self) -> None:
         self._call("close")
