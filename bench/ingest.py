@@ -24,7 +24,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 # Runs in a child process so its peak RSS is the ingest's own, model included.
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from rag.config import load_settings
 from rag.embed import Embedder
@@ -40,7 +40,8 @@ with open_for_ingest(settings, "bench", embedder) as kb:
 print(json.dumps({
     "chunks": report.chunks_written, "seconds": report.seconds, "added": report.added,
     "unchanged": report.unchanged, "failed": report.failed, "empty": report.empty, "load_s": load_s,
-    "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    # VmHWM, this process's own peak: ru_maxrss would carry the forking parent's.
+    "max_rss_kib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]),
 }))
 """
 
