@@ -15,11 +15,12 @@ The surfaces only render the result (headings, colours, HTML); none decides it a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rag.lexical import tokenize
 from rag.retrieve import Hit
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from rag.qa import Answer, Citation
 
 CLOSEST = 3  # passages offered when the answer is not in the documents
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1: origin at the page's top-left, y down
 
 # What the passages are to the answer: the closest ones when it was not found, its cited sources,
 # sources matched to it by wording (the model cited none), or the passages it was given.
@@ -51,6 +54,10 @@ class Passage:
     char_start: int | None = None  # where the passage lies in its page's text
     char_end: int | None = None
     doc_id: int | None = None
+    # Where it sits on its page (PDF pages and images): a rectangle per line fragment, in the units
+    # of page_size (PDF points or image pixels); empty, and None, when that is not known.
+    boxes: tuple[Box, ...] = ()
+    page_size: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -92,7 +99,20 @@ def evidence_for(answer: Answer) -> Evidence:
 
 def _cited(c: Citation, hit: Hit | None) -> Passage:
     similarity, doc_id = (hit.similarity, hit.chunk.doc_id) if hit else (None, None)
-    return Passage(c.n, c.source, c.page, c.text, c.score, similarity, c.chunk_id, c.char_start, c.char_end, doc_id)
+    return Passage(
+        c.n,
+        c.source,
+        c.page,
+        c.text,
+        c.score,
+        similarity,
+        c.chunk_id,
+        c.char_start,
+        c.char_end,
+        doc_id,
+        boxes=c.boxes,
+        page_size=c.page_size,
+    )
 
 
 def _numbered(hits: Sequence[Hit]) -> tuple[Passage, ...]:
@@ -108,9 +128,40 @@ def _numbered(hits: Sequence[Hit]) -> tuple[Passage, ...]:
             h.chunk.char_start,
             h.chunk.char_end,
             h.chunk.doc_id,
+            *on_page(h.chunk.metadata),
         )
         for i, h in enumerate(hits, start=1)
     )
+
+
+def on_page(metadata: dict[str, Any] | None) -> tuple[tuple[Box, ...], tuple[float, float] | None]:
+    """(boxes, page_size) of a chunk from its stored metadata; ((), None) when the chunk's place
+    on its page is not recorded (formats without pages, bases ingested before it was) or is
+    malformed.  Rectangles with a non-finite corner are left out."""
+    metadata = metadata or {}
+    size, raw = metadata.get("page_size"), metadata.get("boxes")
+    try:
+        width, height = (float(v) for v in size)  # type: ignore[union-attr]
+        boxes = tuple(_box(b) for b in raw or ())  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return (), None
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        return (), None
+    return tuple(b for b in boxes if all(math.isfinite(v) for v in b)), (width, height)
+
+
+def _box(raw: Any) -> Box:
+    x0, y0, x1, y1 = (float(v) for v in raw)
+    return (x0, y0, x1, y1)
+
+
+def layout_json(boxes: Sequence[Box], page_size: tuple[float, float] | None) -> dict[str, Any]:
+    """The `boxes` and `page_size` fields of a passage in JSON (rounded to 0.01 page units), so a
+    program can mark the passage on a rendered page: scale by image size / page size."""
+    return {
+        "boxes": [[round(v, 2) for v in box] for box in boxes],
+        "page_size": [round(v, 2) for v in page_size] if page_size else None,
+    }
 
 
 def source_label(item: Passage | Citation | Hit) -> str:

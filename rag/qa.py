@@ -17,7 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from rag import prompts
 from rag.config import Settings
-from rag.evidence import attribute
+from rag.evidence import Box, attribute, layout_json, on_page
 from rag.llm import Deadline, LLMError, invoke_within, stream_within, with_token_limit
 from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
@@ -32,6 +32,8 @@ class Citation:
     chunk_id: int | None
     char_start: int
     char_end: int
+    boxes: tuple[Box, ...] = ()  # where the passage sits on its page (see rag.evidence.Passage)
+    page_size: tuple[float, float] | None = None
 
 
 @dataclass
@@ -58,7 +60,15 @@ class Answer:
             "found": self.found,
             "language": self.language,
             "citations": [
-                {"n": c.n, "source": c.source, "page": c.page, "text": c.text, "score": c.score, "chunk_id": c.chunk_id}
+                {
+                    "n": c.n,
+                    "source": c.source,
+                    "page": c.page,
+                    "text": c.text,
+                    "score": c.score,
+                    "chunk_id": c.chunk_id,
+                    **layout_json(c.boxes, c.page_size),
+                }
                 for c in self.citations
             ],
             "retrieved": [
@@ -71,6 +81,7 @@ class Answer:
                     "similarity": h.similarity,
                     "ranks": h.sources,
                     "chunk_id": h.chunk.chunk_id,
+                    **layout_json(*on_page(h.chunk.metadata)),
                 }
                 for i, h in enumerate(self.retrieved, start=1)
             ],
@@ -221,7 +232,9 @@ def _with_context(question: str, history: History) -> str:
 
 def _citation(n: int, hit: Hit) -> Citation:
     c = hit.chunk
-    return Citation(n, c.source, c.page_no, c.text, hit.score, c.chunk_id, c.char_start, c.char_end)
+    return Citation(
+        n, c.source, c.page_no, c.text, hit.score, c.chunk_id, c.char_start, c.char_end, *on_page(c.metadata)
+    )
 
 
 def _is_refusal(text: str, lang: str) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rag.evidence import Evidence, Passage, evidence_for, with_matched_markers
+from rag.evidence import Evidence, Passage, evidence_for, layout_json, with_matched_markers
 from rag.qa import QA, Answer, History
 from rag.retrieve import Filters
 from server.limits import Slots
@@ -26,8 +26,9 @@ _END = object()
 
 
 def passage_json(p: Passage) -> dict[str, Any]:
-    """One passage: its number in the answer, where it is (file, page, character span), what it
-    says, and how it scored."""
+    """One passage: its number in the answer, where it is (file, page, character span, and the
+    rectangles it covers on its page, in units of page_size: empty and null for formats without
+    pages), what it says, and how it scored."""
     return {
         "n": p.n,
         "file": Path(p.source).name,
@@ -38,6 +39,7 @@ def passage_json(p: Passage) -> dict[str, Any]:
         "text": p.text,
         "score": p.score,
         "similarity": p.similarity,
+        **layout_json(p.boxes, p.page_size),
     }
 
 

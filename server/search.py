@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from rag.evidence import layout_json, on_page
 from rag.retrieve import Filters, Hit
 from server.auth import Principal, needs
 from server.bases import Bases
@@ -41,6 +42,12 @@ class SearchHit(BaseModel):
     similarity: float = Field(description="cosine similarity of the query and the passage")
     ranks: dict[str, int] = Field(description="the rank each retriever gave it: dense, bm25 (and rerank)")
     relevant: bool = Field(description="clears the relevance gate: an answer would be drawn from it")
+    boxes: list[list[float]] = Field(
+        default_factory=list,
+        description="where the passage sits on its page: [x0, y0, x1, y1] per line, origin top-left, y down, "
+        "in units of page_size (PDF points or image pixels); empty for formats without pages",
+    )
+    page_size: list[float] | None = Field(None, description="[width, height] of the page the boxes are measured on")
 
 
 class SearchResponse(BaseModel):
@@ -77,6 +84,7 @@ def _hit(rank: int, hit: Hit, relevant: bool) -> SearchHit:
         similarity=hit.similarity,
         ranks=hit.sources,
         relevant=relevant,
+        **layout_json(*on_page(c.metadata)),
     )
 
 

@@ -1,6 +1,7 @@
 """The Chat page: ask a knowledge base, watch the answer stream in, and check every citation
 against its source card (file, page, the passage with the sentences that back the answer
-highlighted, retrieval score, the original file and the page's text)."""
+highlighted, retrieval score, the original file, the page's text and, for PDF pages and images,
+the page itself with the passage marked on it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import streamlit as st
 
 from rag.config import Settings
 from rag.evidence import Evidence, Passage, evidence_for, with_matched_markers
+from rag.page_image import PageImageError, highlight, render_page
 from rag.qa import Answer
 from ui import state
 
@@ -29,6 +31,27 @@ ASSISTANT_AVATAR = ":material/auto_stories:"
 BACKENDS = {"local": "Local (in-process)", "openai": "OpenAI-compatible server (vLLM)"}
 _CITE = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
 _NUMBER = re.compile(r"\d{1,3}")
+PAGE_WIDTH_PX = 1000  # pages are drawn this wide: sharp at the card's width, small enough to send
+SHOW_ON_PAGE = "Show on page"
+# Clicking [n] scrolls to card n (its href) and opens the card's "Show on page" expander by
+# clicking its header, as the user would: the expander's state is Streamlit's own (keyed, and
+# rerun on change so the page is only drawn when opened), so it stays open across reruns and
+# Python renders its content.  A link cannot reach Python itself, and a query-string link
+# reloads the page into a new session (the conversation would be gone).  One listener per page.
+_OPEN_PAGE_VIEW_JS = """<script>
+(() => {
+  if (window.__ragCiteOpensPage) return;
+  window.__ragCiteOpensPage = true;
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a.rag-cite");
+    if (!link) return;
+    const key = "page-" + (link.getAttribute("href") || "").slice(1);
+    const view = document.querySelector(".st-key-" + CSS.escape(key) + " details");
+    const summary = view && view.querySelector("summary");
+    if (summary && !view.open) summary.click();
+  });
+})();
+</script>"""
 
 
 # ---- options in the sidebar ----------------------------------------------------------------
@@ -79,6 +102,7 @@ class Turn:
     question: str
     answer: Answer
     evidence: Evidence
+    kb: str = ""  # the knowledge base asked
 
     @property
     def sources(self) -> tuple[Passage, ...]:
@@ -171,6 +195,32 @@ def page_text(path: str, page: int | None) -> str | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=48)
+def page_picture(path: str, mtime: float, size: int, page: int | None, expect_size: tuple[float, float] | None) -> Any:
+    """The page rendered PAGE_WIDTH_PX wide (a PIL image), cached by the file's modification time
+    and size, so an edited file is drawn again; PageImageError when it cannot be."""
+    return render_page(path, page, PAGE_WIDTH_PX, expect_size=expect_size)
+
+
+def marked_page(src: Passage, recorded: tuple[float | None, int | None] | None = None) -> Any:
+    """The passage's page with its rectangles marked; PageImageError when the page cannot be
+    shown: the file is gone, or changed since it was ingested (`recorded`: the document's
+    (mtime, size) when it was, where known), so the rectangles would mark the wrong place."""
+    file = Path(src.source)
+    try:
+        stat = file.stat()
+    except OSError as exc:
+        raise PageImageError(
+            f"{file.name} is no longer at {file.parent} (moved or deleted since it was ingested)"
+        ) from exc
+    if recorded and recorded[1] is not None and recorded[1] != stat.st_size:
+        raise PageImageError(
+            f"{file.name} changed since it was ingested; ingest it again to see the passage on its page"
+        )
+    image = page_picture(src.source, stat.st_mtime, stat.st_size, src.page, src.page_size)
+    return highlight(image, src.boxes, src.page_size or image.size)
+
+
 # ---- page ----------------------------------------------------------------------------------
 def options(settings: Settings) -> ChatOptions:
     if OPTIONS_KEY not in st.session_state:
@@ -202,6 +252,7 @@ def render() -> None:
         st.info(f"'{name}' has no documents yet.", icon=":material/description:")
         st.page_link("views/knowledge_bases.py", label="Add documents", icon=":material/upload:")
     turns = chats().setdefault(name, [])
+    st.html(_OPEN_PAGE_VIEW_JS, unsafe_allow_javascript=True)
     for turn in turns:
         _show_turn(turn)
     question = st.chat_input("Ask a question about your documents")
@@ -263,7 +314,7 @@ def _ask(settings: Settings, name: str, question: str, turns: list[Turn]) -> Non
             st.error(f"Could not answer: {exc}", icon=":material/error:")
             return
         seq = st.session_state["_turn_seq"] = st.session_state.get("_turn_seq", 0) + 1
-        turn = Turn(seq, question, answer, evidence_for(answer))
+        turn = Turn(seq, question, answer, evidence_for(answer), name)
         _answer_body(turn)
     turns.append(turn)
 
@@ -342,6 +393,33 @@ def _source_card(turn: Turn, src: Passage) -> None:
             if text is not None and src.page is not None:
                 with st.expander(f"Text of page {src.page}"):
                     st.markdown(f'<div class="rag-page-text">{_html_text(text)}</div>', unsafe_allow_html=True)
+        if src.boxes and src.page_size:
+            _page_view(turn, src)
+
+
+def _page_view(turn: Turn, src: Passage) -> None:
+    """ "Show on page": the page as an image with the passage marked, drawn only once opened
+    (by the user, or by a click on [n] in the answer: see _OPEN_PAGE_VIEW_JS)."""
+    view = st.expander(
+        SHOW_ON_PAGE, icon=":material/find_in_page:", key=f"page-{anchor(turn.id, src.n)}", on_change="rerun"
+    )
+    with view:
+        if not view.open:
+            return
+        try:
+            image = marked_page(src, _recorded(turn.kb, src.source))
+        except PageImageError as exc:
+            st.warning(f"The page cannot be shown: {exc}", icon=":material/broken_image:")
+            return
+        where = f"page {src.page} of {src.name}" if src.page is not None else src.name
+        st.image(image, width="stretch", output_format="PNG", caption=f"{where}: the passage is marked", alt=where)
+
+
+def _recorded(kb_name: str, path: str) -> tuple[float | None, int | None] | None:
+    """(mtime, size) of the document when it was ingested, or None when not known."""
+    kb = state.open_kb(state.settings(), kb_name) if kb_name else None
+    doc = kb.document_by_path(path) if kb is not None else None
+    return (doc.mtime, doc.size) if doc is not None else None
 
 
 def _seconds(ms: float) -> str:

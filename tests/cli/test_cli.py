@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import REPO
+from tests.conftest import MODEL_CACHE, REPO
 
 SAMPLES = REPO / "samples" / "docs"
 
@@ -152,3 +153,23 @@ def test_every_help_text_reads_in_whole_sentences(run) -> None:
             assert " ".join(paragraph.split()) in lines, (path, paragraph, result.output)
             checked += 1
     assert checked >= 25, "every command, with its multi-paragraph help, was checked"
+
+
+def test_ask_json_says_where_each_pdf_passage_sits_on_its_page(run, pdf_file: Path) -> None:
+    (pdf_file.parent / "notes.md").write_text("# Care\n\nThe warranty card is kept in the box.\n", encoding="utf-8")
+    assert run("ingest", str(pdf_file.parent), "--kb", "handbook").exit_code == 0
+    question = "How long does the warranty last?"
+    llm = {"RAG_CACHE_DIR": str(MODEL_CACHE), "RAG_LLM__MAX_NEW_TOKENS": "32"}
+    result = run("ask", question, "--kb", "handbook", "--json", "--mode", "bm25", **llm)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    pdf = [r for r in data["retrieved"] if r["source"].endswith(".pdf")]
+    assert pdf and any(r["page"] == 2 for r in pdf)
+    for passage in pdf + [c for c in data["citations"] if c["source"].endswith(".pdf")]:
+        width, height = passage["page_size"]
+        assert 590 < width < 600 and 835 < height < 845, "A4, in PDF points"
+        assert passage["boxes"] and all(
+            0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height for x0, y0, x1, y1 in passage["boxes"]
+        )
+    notes = [r for r in data["retrieved"] if r["source"].endswith(".md")]
+    assert notes and all(r["boxes"] == [] and r["page_size"] is None for r in notes), "no pages, no boxes"

@@ -60,3 +60,31 @@ def test_highlights_back_the_answer_and_a_source_with_no_standout_sentence_is_ba
     assert vague.highlights(vague.passages[0]) == [(0, len(text))]
     offered = evidence_for(_answer("Nothing cited.", context=[hit]))
     assert offered.highlights(offered.passages[0]) == []
+
+
+def test_passages_carry_where_they_sit_on_the_page_from_the_chunk_metadata() -> None:
+    from rag.evidence import layout_json, on_page
+    from rag.qa import _citation
+
+    placed = {"boxes": [[72, 60.5, 300, 72], [72, 78, 210.25, 90]], "page_size": [595.28, 841.89], "read": "text"}
+    text = "The warranty lasts ten years."
+    hit = Hit(Chunk(text, "/docs/w.pdf", 2, 0, 0, len(text), metadata=placed, chunk_id=7), 0.5, similarity=0.6)
+    plain = Hit(Chunk(text, "/docs/w.md", None, 0, 0, len(text), chunk_id=8), 0.4, similarity=0.5)
+    closest = evidence_for(_answer("", False, retrieved=[hit, plain])).passages
+    assert closest[0].boxes == ((72.0, 60.5, 300.0, 72.0), (72.0, 78.0, 210.25, 90.0))
+    assert closest[0].page_size == (595.28, 841.89)
+    assert (closest[1].boxes, closest[1].page_size) == ((), None)
+    citation = _citation(1, hit)
+    cited = evidence_for(_answer("Ten years [1].", context=[hit], citations=[citation])).passages[0]
+    assert (cited.boxes, cited.page_size) == (closest[0].boxes, closest[0].page_size)
+    assert layout_json(cited.boxes, cited.page_size) == {
+        "boxes": [[72.0, 60.5, 300.0, 72.0], [72.0, 78.0, 210.25, 90.0]],
+        "page_size": [595.28, 841.89],
+    }
+    # malformed or partial metadata is "not known", never an error
+    for bad in ({"boxes": [[1, 2, 3]], "page_size": [10, 10]}, {"boxes": [[1, 2, 3, 4]]}, {"page_size": [0, 5]}):
+        assert on_page(bad) == ((), None)
+    assert on_page({"boxes": [[1, 2, 3, float("nan")], [1, 2, 3, 4]], "page_size": [10, 10]}) == (
+        ((1.0, 2.0, 3.0, 4.0),),
+        (10.0, 10.0),
+    )

@@ -126,3 +126,29 @@ def test_a_file_cited_can_be_downloaded(server, client) -> None:
         got = http.get(f"/v1/kbs/sample/documents/{passage['document_id']}/file")
     assert got.status_code == 200 and passage["file"] in got.headers["content-disposition"]
     assert got.content == (SAMPLES / passage["file"]).read_bytes()
+
+
+def _on_its_page(passage: dict) -> None:
+    """The passage says where it sits on its page: rectangles inside the page, in its units."""
+    width, height = passage["page_size"]
+    assert width > 0 and height > 0 and passage["boxes"]
+    for x0, y0, x1, y1 in passage["boxes"]:
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
+def test_citations_and_search_hits_say_where_a_pdf_passage_sits_on_its_page(server, client) -> None:
+    reply = client.chat.completions.create(
+        model="sample", messages=[{"role": "user", "content": OFF_TOPIC}], extra_body={"rag": {"only": "*.pdf"}}
+    )
+    citations = rag_field(reply.choices[0].message)["citations"]
+    assert citations and all(c["file"] == "helios-h10-warranty.pdf" for c in citations)
+    for citation in citations:
+        _on_its_page(citation)
+    with server.client() as http:
+        query = {"query": "battery module warranty years", "mode": "bm25", "top_k": 20}
+        hits = http.post("/v1/kbs/sample/search", json=query).raise_for_status().json()["hits"]
+    on_pages = [h for h in hits if h["file"].endswith(".pdf")]
+    assert on_pages and len(on_pages) < len(hits)
+    for hit in on_pages:
+        _on_its_page(hit)
+    assert all(h["boxes"] == [] and h["page_size"] is None for h in hits if h not in on_pages), "no pages, no boxes"
