@@ -9,7 +9,17 @@ runs the same algorithm (same separators in the same order, separator kept at th
 "good split" below `size`, langchain's merge and overlap rules, whitespace stripped) on character
 spans of the page, with token counts taken from one pass over the page, so its time is linear in
 the text.  With a WordPiece (BERT) tokenizer, the default, its chunks are the ones langchain made
-(tests/ingest/test_chunking.py compares them on real documents), so CHUNKER_VERSION stands.
+(tests/ingest/test_chunking.py compares them on real documents) on text without tables.
+
+Markdown tables (a header line, a `| --- |` separator line and rows, every line starting with `|`:
+what ingest.tables makes of PDF and DOCX tables) are cut out of the page first; the text between
+them goes through the splitter above unchanged.  A table is never split inside a row: its rows are
+packed into chunks of at most `size` tokens, and every chunk after the first starts with the
+header and separator lines again, so a chunk about "2019 capital expenditure" still says which
+column is 2019.  Such a chunk's text is not a slice of the page: `char_start`/`char_end` span its
+rows, and its metadata says how many characters of repeated header come first
+(``chunk.text[metadata["repeated_header"]:] == page.text[char_start:char_end]``).  A short
+passage just before a table (its title, say) shares the table's first chunk when both fit.
 """
 
 from __future__ import annotations
@@ -19,13 +29,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ingest.context import DocumentContext
 from rag.config import ChunkSettings
 from rag.types import Chunk, Page
 
 # Paragraphs, lines, then sentence ends (Chinese full-width and English), clauses, words, chars.
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 
-CHUNKER_VERSION = "recursive-v1"
+_CONTEXT_CHARS = 160  # title and heading path, each about 30 tokens at most: they ride in the embedder window
+CHUNKER_VERSION = "recursive-v2"  # v2: Markdown tables split between rows, header repeated
 
 Progress = Callable[[int, int], None]
 
@@ -45,12 +57,22 @@ _CHECK_BATCH = 512  # chunks re-tokenized per tokenizer call by the limit check
 _PROGRESS_STEP = 1 << 20  # characters between progress calls
 _UNICODE = 0x110000
 
+# A Markdown table: consecutive lines starting with "|", the second of them a separator line.
+_TABLE_BLOCK = re.compile(r"^\|[^\n]*(?:\n\|[^\n]*)+", re.MULTILINE)
+_TABLE_SEPARATOR = re.compile(r"\|(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t\r]*")
+# A header taking more than this share of `size` is not repeated: the pieces would be mostly header.
+_MAX_HEADER_SHARE = 0.5
+
+# (start in the page, text, known to fit, characters of repeated table header at the front of text)
+Piece = tuple[int, str, bool, int]
+
 
 def chunker_fingerprint(settings: ChunkSettings) -> str:
     """Recorded per document: changing chunk settings re-chunks files on the next ingest."""
     if settings.method == "page":
         return "page-v1"
-    return f"{CHUNKER_VERSION}:{settings.size}:{settings.overlap}"
+    context = ":context-v1" if settings.context else ""
+    return f"{CHUNKER_VERSION}:{settings.size}:{settings.overlap}{context}"
 
 
 class Chunker:
@@ -75,8 +97,15 @@ class Chunker:
         counter = _TokenCounter(self.tokenizer, self.wordpiece)  # one memo per file: its pages share words
         chunks: list[Chunk] = []
         offset = 0
-        for page in pages:
-            for start, piece in self._split_with_offsets(page.text, counter, reporter.after(offset)):
+        context = DocumentContext(pages) if self.settings.context else None
+        for index, page in enumerate(pages):
+            for start, piece, repeated in self._split_with_offsets(page.text, counter, reporter.after(offset)):
+                end = start + len(piece) - repeated  # a table chunk's repeated header is not in the span
+                metadata = dict(page.metadata)
+                if context is not None:
+                    _add_context(metadata, context, index, start)
+                if repeated:
+                    metadata["repeated_header"] = repeated
                 chunks.append(
                     Chunk(
                         text=piece,
@@ -84,8 +113,8 @@ class Chunker:
                         page_no=page.page_no,
                         ordinal=len(chunks),
                         char_start=start,
-                        char_end=start + len(piece),
-                        metadata=dict(page.metadata),
+                        char_end=end,
+                        metadata=metadata,
                     )
                 )
             offset += len(page.text)
@@ -95,35 +124,102 @@ class Chunker:
 
     def _split_with_offsets(
         self, text: str, counter: _TokenCounter | None = None, progress: Callable[[int], None] | None = None
-    ) -> list[tuple[int, str]]:
+    ) -> list[tuple[int, str, int]]:
+        """(start, text, characters of repeated table header at the front of text) per chunk."""
         if self.settings.method == "page":
             start = len(text) - len(text.lstrip())
             piece = text.strip()
-            return [(start, piece)] if piece else []
+            return [(start, piece, 0)] if piece else []
         counter = counter or _TokenCounter(self.tokenizer, self.wordpiece)
-        pieces = _PageSplit(text, self.settings, self.max_tokens, counter, progress).run()
+        tables = _table_blocks(text)
+        if not tables:
+            pieces = [(*p, 0) for p in _PageSplit(text, self.settings, self.max_tokens, counter, progress).run()]
+            return self._enforce_limit(pieces, counter, progress)
+        pieces: list[Piece] = []
+        done = 0
+        for a, b in [*tables, (len(text), len(text))]:
+            if done < a:
+                sub = None if progress is None else (lambda d, base=done: progress(base + d))
+                split = _PageSplit(text[done:a], self.settings, self.max_tokens, counter, sub).run()
+                pieces += [(done + start, piece, fits, 0) for start, piece, fits in split]
+            if a < b:
+                rows = self._table_pieces(text, a, b, counter)
+                if pieces and pieces[-1][3] == 0 and pieces[-1][0] < a:
+                    rows[0:1] = self._join_before(text, pieces.pop(), rows[0], counter)
+                pieces += rows
+            done = b
         return self._enforce_limit(pieces, counter, progress)
 
+    def _table_pieces(self, text: str, a: int, b: int, counter: _TokenCounter) -> list[Piece]:
+        """The Markdown table text[a:b] in chunks of whole rows, at most `size` tokens each where
+        a row allows; every chunk after the first starts with the header and separator lines."""
+        starts = [a] + [a + i + 1 for i, ch in enumerate(text[a:b]) if ch == "\n"]
+        lines = [text[s:e].rstrip() for s, e in zip(starts, [s - 1 for s in starts[1:]] + [b], strict=True)]
+        ends = [s + len(line) for s, line in zip(starts, lines, strict=True)]
+        counts = counter.counts(lines).tolist()
+        head = text[a : starts[min(2, len(starts) - 1)]]
+        head_tokens = counts[0] + counts[1]
+        repeat = head_tokens <= self.settings.size * _MAX_HEADER_SHARE
+
+        def piece(first: int, last: int, tokens: int) -> Piece:
+            if first == 0:  # the table's first chunk: a plain slice from its header on
+                return (a, text[a : ends[last]], self.wordpiece and tokens <= self.max_tokens, 0)
+            body = text[starts[first] : ends[last]]
+            if repeat and tokens > self.max_tokens:  # the model could not read header and row together
+                tokens -= head_tokens
+            prefix = head if repeat and tokens <= self.max_tokens else ""
+            # WordPiece counts of lines add up across line breaks: exact
+            return (starts[first], prefix + body, self.wordpiece and tokens <= self.max_tokens, len(prefix))
+
+        pieces: list[Piece] = []
+        first, tokens, rows = 0, head_tokens, 0
+        for k in range(2, len(lines)):
+            if rows and tokens + counts[k] > self.settings.size:
+                pieces.append(piece(first, k - 1, tokens))
+                first, tokens, rows = k, head_tokens if repeat else 0, 0
+            tokens += counts[k]
+            rows += 1
+        pieces.append(piece(first, len(lines) - 1, tokens))
+        return pieces
+
+    def _join_before(self, text: str, before: Piece, first: Piece, counter: _TokenCounter) -> list[Piece]:
+        """The chunk just before a table and the table's first chunk as one, when together they
+        stay within `size` (a table's title then travels with its header); else both as they are."""
+        start, _, fits, _ = before
+        joined = text[start : first[0] + len(first[1])]
+        if not (fits and first[2]):
+            return [before, first]
+        tokens = int(np.diff(counter.token_starts([joined])[1])[0])
+        if tokens > self.settings.size:
+            return [before, first]
+        return [(start, joined, True, 0)]
+
     def _enforce_limit(
-        self, pieces: list[tuple[int, str, bool]], counter: _TokenCounter, progress: Callable[[int], None] | None
-    ) -> list[tuple[int, str]]:
+        self, pieces: list[Piece], counter: _TokenCounter, progress: Callable[[int], None] | None
+    ) -> list[tuple[int, str, int]]:
         """The splitter adds up counts of parts; a joined text can tokenize longer (characters
         counted one by one, or a tokenizer whose counts are estimates).  Re-tokenize each chunk not
         known to fit, a batch per call, and cut any over the model's limit at token boundaries, so
-        nothing is truncated unseen.  `pieces` are (start, text, known_to_fit)."""
-        cuts: dict[int, list[tuple[int, str]]] = {}
-        unsure = [k for k, (_, _, fits) in enumerate(pieces) if not fits]
+        nothing is truncated unseen (a table chunk that must be cut loses its repeated header).
+        `pieces` are (start, text, known_to_fit, repeated header characters)."""
+        cuts: dict[int, list[tuple[int, str, int]]] = {}
+        unsure = [k for k, p in enumerate(pieces) if not p[2]]
         for first in range(0, len(unsure), _CHECK_BATCH):
             batch = unsure[first : first + _CHECK_BATCH]
             starts, bounds = counter.token_starts([pieces[k][1] for k in batch])
             for i in np.flatnonzero(np.diff(bounds) > self.max_tokens).tolist():
-                start, piece, _ = pieces[batch[i]]
-                cuts[batch[i]] = self._cut(start, piece, starts[bounds[i] : bounds[i + 1]].tolist())
+                start, piece, _, repeated = pieces[batch[i]]
+                if repeated:
+                    piece = piece[repeated:]
+                    token_starts = counter.token_starts([piece])[0].tolist()
+                else:
+                    token_starts = starts[bounds[i] : bounds[i + 1]].tolist()
+                cuts[batch[i]] = [(s, p, 0) for s, p in self._cut(start, piece, token_starts)]
             if progress is not None:
                 progress(pieces[batch[-1]][0])
-        out: list[tuple[int, str]] = []
-        for k, (start, piece, _) in enumerate(pieces):
-            out.extend(cuts.get(k, [(start, piece)]))
+        out: list[tuple[int, str, int]] = []
+        for k, (start, piece, _, repeated) in enumerate(pieces):
+            out.extend(cuts.get(k, [(start, piece, repeated)]))
         return out
 
     def _cut(self, start: int, piece: str, token_starts: list[int]) -> list[tuple[int, str]]:
@@ -133,6 +229,29 @@ class Chunker:
             end = token_starts[i + self.max_tokens] if i + self.max_tokens < len(token_starts) else len(piece)
             parts.extend(_stripped(piece, token_starts[i], end, start))
         return parts
+
+
+def _add_context(metadata: dict, context: DocumentContext, page_index: int, start: int) -> None:
+    """The title and nearest heading, kept short: they ride in the embedder's window with the chunk,
+    whose last tokens (also the next chunk's first, by the overlap) they may push out of it."""
+    if context.title:
+        metadata["title"] = context.title[:_CONTEXT_CHARS]
+    heading = context.heading(page_index, start)
+    if heading:
+        metadata["heading"] = heading[:_CONTEXT_CHARS]
+
+
+def _table_blocks(text: str) -> list[tuple[int, int]]:
+    """Spans of the Markdown tables in `text`, in order: runs of two or more lines starting with
+    "|" whose second line is a separator (`| --- | --- |`)."""
+    if "|" not in text or "-|" not in text.replace(" ", "").replace(":", ""):
+        return []
+    found = []
+    for m in _TABLE_BLOCK.finditer(text):
+        second = m.group().split("\n", 2)[1]
+        if _TABLE_SEPARATOR.fullmatch(second):
+            found.append((m.start(), m.end()))
+    return found
 
 
 def _is_wordpiece(tokenizer) -> bool:

@@ -141,6 +141,8 @@ def _pdf_pages(path: Path, data: bytes) -> list[Page]:
 
 
 def load_docx(path: Path, data: bytes) -> list[Page]:
+    """The document's paragraphs and tables in the order they stand: a heading (style "Title" or
+    "Heading N") as a Markdown heading line, a table as a Markdown table (ingest.tables)."""
     import zipfile
 
     import docx
@@ -150,13 +152,37 @@ def load_docx(path: Path, data: bytes) -> list[Page]:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise LoadError(f"not a readable .docx ({exc}); re-save it from Word") from exc
-    blocks = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        for row in table.rows:
-            cells = [c.text.strip() for c in row.cells]
-            if any(cells):
-                blocks.append(" | ".join(cells))
+    blocks = [block for item in document.iter_inner_content() if (block := _docx_block(item))]
     return [Page("\n\n".join(blocks), str(path))]
+
+
+def _docx_block(item: Any) -> str:
+    """A body paragraph or table of a .docx as text ("" when it holds none)."""
+    from docx.table import Table
+
+    from ingest.tables import to_markdown
+
+    if isinstance(item, Table):
+        return to_markdown([[cell.text.strip() for cell in row.cells] for row in item.rows])
+    if not item.text.strip():
+        return ""
+    marks = _docx_heading_marks(item)
+    return marks + " ".join(item.text.split()) if marks else item.text
+
+
+def _docx_heading_marks(paragraph: Any) -> str:
+    """'# ' for a Title or Heading 1, '## ' for Heading 2 and so on ('' for other paragraphs)."""
+    try:
+        name = (paragraph.style.name or "") if paragraph.style is not None else ""
+    except (KeyError, ValueError, AttributeError):  # a style the document names but does not define
+        return ""
+    if name == "Title":
+        return "# "
+    if name.startswith("Heading"):
+        level = name.removeprefix("Heading").strip()
+        depth = int(level) if level.isdigit() else 1
+        return "#" * min(max(depth, 1), 6) + " "
+    return ""
 
 
 def _rows_as_text(header: list[str], rows: Iterator[list[str]]) -> str:

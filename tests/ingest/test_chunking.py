@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ingest.chunking import SEPARATORS, Chunker
+from ingest.chunking import SEPARATORS, Chunker, _table_blocks
 from ingest.loaders import LoadError, load_file
 from rag.config import ChunkSettings
 from rag.types import Page
@@ -172,11 +172,15 @@ def langchain_chunks(embedder, text: str, size: int, overlap: int) -> list[str]:
 
 
 def assert_same_as_langchain(embedder, pages: list[Page], size: int, overlap: int) -> None:
+    """Pages holding a Markdown table are chunked differently on purpose (rows kept whole, the
+    header repeated) and left out; at least one page must remain."""
     chunks = make(embedder, size, overlap).split_pages(pages)  # one file: its pages share one count memo
     by_page: dict[tuple[str, int | None], list[str]] = {}
     for chunk in chunks:
         by_page.setdefault((chunk.source, chunk.page_no), []).append(chunk.text)
     assert len({(p.source, p.page_no) for p in pages}) == len(pages)
+    pages = [page for page in pages if not _table_blocks(page.text)]
+    assert pages, "every page holds a table: nothing to compare with langchain"
     for page in pages:
         expected = langchain_chunks(embedder, page.text, size, overlap)
         assert by_page.get((page.source, page.page_no), []) == expected, f"{page.source} page {page.page_no}"
@@ -335,3 +339,78 @@ def test_a_tokenizer_that_is_not_wordpiece_still_keeps_every_chunk_within_the_li
     for chunk in chunks:
         assert text[chunk.char_start : chunk.char_end] == chunk.text
         assert chunker.count_tokens(chunk.text) <= 64
+
+
+# ---- Markdown tables: rows kept whole, the header repeated -----------------------------------
+def table_page(n_rows: int = 80) -> str:
+    """A statement's title and a paragraph, its table in Markdown (as ingest.tables makes it), a note."""
+    from ingest.tables import to_markdown
+    from tests.fixtures.tables import TITLE, cash_flow_rows
+
+    intro = f"{TITLE}\n\n" + "The statement shows where cash came from and went. " * 3
+    return f"{intro}\n\n{to_markdown(cash_flow_rows(n_rows))}\n\nThe notes are part of this statement."
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(250, 32), (64, 16)])
+def test_a_long_table_is_split_between_rows_and_every_piece_repeats_the_header(embedder, size, overlap) -> None:
+    from ingest.tables import to_markdown
+    from tests.fixtures.tables import HEADER
+
+    text = table_page()
+    chunker = make(embedder, size, overlap)
+    chunks = chunker.split_pages([Page(text, "cf.md", page_no=3, metadata={"read": "text"})])
+    header = to_markdown([HEADER, HEADER]).splitlines()[0]
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and ln != header and not ln.startswith("| ---")]
+    table_chunks = [c for c in chunks if "| --- |" in c.text]
+    assert len(table_chunks) > 2
+    seen: list[str] = []
+    for chunk in table_chunks:
+        lines = chunk.text[chunk.text.index(header) :].splitlines()
+        assert lines[0] == header and lines[1].startswith("| --- |")  # every piece starts with the header
+        assert all(line in rows for line in lines[2:])  # only whole rows
+        seen += lines[2:]
+        assert chunker.count_tokens(chunk.text) <= size
+        repeated = chunk.metadata.get("repeated_header", 0)
+        assert chunk.text[repeated:] == text[chunk.char_start : chunk.char_end]
+        assert chunk.metadata["read"] == "text"
+    assert seen == rows  # every row once, in order: no overlap inside a table
+    assert table_chunks[0].metadata.get("repeated_header") is None
+    assert all(c.metadata["repeated_header"] > 0 for c in table_chunks[1:])
+    assert "|" not in "".join(c.text for c in chunks if c not in table_chunks)
+
+
+def test_a_short_title_shares_the_first_table_chunk_and_text_after_the_table_is_split_as_before(embedder) -> None:
+    from ingest.tables import to_markdown
+
+    table = to_markdown([["part", "warranty"], ["module", "10 years"], ["inverter", "5 years"]])
+    after = ENGLISH[:2000]
+    text = f"Warranty terms\n\n{table}\n\n{after}"
+    chunker = make(embedder, 60, 10)
+    chunks = chunker.split_pages([Page(text, "w.md")])
+    assert chunks[0].text == f"Warranty terms\n\n{table}"
+    assert [c.text for c in chunks[1:]] == [c.text for c in chunker.split_pages([Page(after, "w.md")])]
+
+
+def test_a_row_longer_than_a_chunk_is_kept_whole_with_the_header(embedder) -> None:
+    from ingest.tables import to_markdown
+
+    long_cell = "the tariff applies to every kilowatt hour exported to the grid " * 4
+    rows = [["term", "meaning"], ["a", "short"], ["export", long_cell], ["b", "short too"]]
+    text = to_markdown(rows)
+    chunks = make(embedder, 40, 0).split_pages([Page(text, "t.md")])
+    header = text.splitlines()[0]
+    row = text.splitlines()[3]
+    assert any(c.text.endswith(row) and c.text.startswith(header) for c in chunks)
+    assert all(c.text.startswith(header) for c in chunks)
+
+
+def test_a_table_row_over_the_model_limit_is_still_cut_below_it(embedder) -> None:
+    from ingest.tables import to_markdown
+
+    text = to_markdown([["k", "v"], ["x", "word " * 600], ["y", "z"]])
+    chunker = make(embedder, 100, 0)
+    chunks = chunker.split_pages([Page(text, "t.md")])
+    assert max(chunker.count_tokens(c.text) for c in chunks) <= embedder.max_tokens
+    for c in chunks:
+        repeated = c.metadata.get("repeated_header", 0)
+        assert c.text[repeated:] == text[c.char_start : c.char_end]

@@ -216,3 +216,19 @@ def test_every_real_shared_document_loads_or_fails_cleanly() -> None:
     assert outcomes["langchain.pdf"] > 1000
     assert outcomes["大模型推理优化策略.md"] > 1000
     assert set(v for v in outcomes.values() if isinstance(v, str)) <= {"empty"}
+
+
+def test_docx_tables_are_markdown_where_they_stand_and_headings_stay_headings(tmp_path: Path) -> None:
+    from tests.fixtures.tables import write_docx_with_table
+
+    text = load(write_docx_with_table(tmp_path / "spec.docx"))[0].text
+    assert text.split("\n\n") == [
+        "# Helios H10 specification",
+        "# Warranty",
+        "The warranty terms depend on the part.",
+        "| part | warranty | notes |\n| --- | --- | --- |\n"
+        "| module | 10 years | or 30 MWh |\n| inverter | 5 years | a \\| b |",
+        "Claims go through the installer.",
+        "## Cleaning",
+        "Wipe the casing with a dry cloth.",
+    ]
