@@ -18,9 +18,9 @@ export OMP_WAIT_POLICY := PASSIVE
 # them side by side takes minutes off a fresh `make test`.
 MAKEFLAGS += --jobs=2
 
-.PHONY: setup browser serve-setup demo test lint bench eval clean
+.PHONY: setup browser fonts serve-setup demo test lint bench eval clean
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser fonts
 
 # The browser tests (pytest -m e2e) drive Debian's chromium; no browser is ever downloaded.
 # Installed here when we can (root with apt-get, as in CI); otherwise those tests skip, saying how.
@@ -31,6 +31,17 @@ browser:
 	  else \
 	    echo "note: chromium is not installed, so the browser tests will be skipped;" \
 	         "install it with: sudo apt-get install chromium"; \
+	  fi; }
+
+# A CJK font: pdfium renders Chinese PDFs whose fonts are not embedded as empty boxes without one
+# (OCR then reads nothing), and the OCR tests draw their Chinese scans with it.
+fonts: browser
+	@fc-list 2>/dev/null | grep -qi "wqy" || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei; \
+	  else \
+	    echo "note: no CJK font (fonts-wqy-microhei), so the Chinese OCR tests will be skipped;" \
+	         "install it with: sudo apt-get install fonts-wqy-microhei"; \
 	  fi; }
 
 $(STAMP): pyproject.toml requirements.lock

@@ -30,6 +30,8 @@ class RichProgress(Progress):
         self.bar = progress_bar(TextColumn("{task.fields[detail]}", markup=False), console=console)
         self.files = self.bar.add_task("files", total=None, detail="")
         self.chunks = self.bar.add_task("chunks embedded", total=None, detail="")
+        self.ocr: int | None = None  # a bar of its own once a page needs OCR: the slow part
+        self.ocr_counted: dict[str, int] = {}  # per file: its OCR pages already added to the bar's total
 
     def __enter__(self) -> RichProgress:
         self.bar.start()
@@ -55,9 +57,22 @@ class RichProgress(Progress):
         if stage == "reading":  # a file just started: a slow one is named while it is read
             self.bar.update(self.files, detail=_name(path)[:40])
             return
+        if stage == "ocr":
+            self._ocr(path, done, total)
+            return
         share = f"{done / total:.0%}" if stage == "chunking" else f"{done:,}/{total:,}"
         task = self.files if stage == "chunking" else self.chunks
         self.bar.update(task, detail=f"{_name(path)[:40]}: {stage} {share}")
+
+    def _ocr(self, path: str, done: int, total: int) -> None:
+        """Pages read with OCR over the run: each file adds its pages to the total when it starts."""
+        if self.ocr is None:
+            self.ocr = self.bar.add_task("pages read by OCR", total=0, detail="")
+        if path not in self.ocr_counted:
+            self.ocr_counted[path] = 0
+            self.bar.update(self.ocr, total=(self.bar.tasks[self.ocr].total or 0) + total)
+        self.bar.update(self.ocr, advance=done - self.ocr_counted[path], detail=f"{_name(path)[:40]}: {done}/{total}")
+        self.ocr_counted[path] = done
 
     def announce(self, text: str) -> None:
         self.console.print(escape(printable(text)), highlight=False)

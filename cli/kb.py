@@ -12,6 +12,8 @@ from rich.table import Table
 
 from cli.common import err, fail, open_kb, out, settings_of
 from cli.display import display_path, human_size, progress_bar
+from ingest.loaders import IMAGE_SUFFIXES
+from ingest.ocr import ocr_pages
 from rag.store import delete_base, list_bases, open_store, store_exists
 from rag.terminal import printable
 
@@ -71,6 +73,7 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
                 "" if d.size is None else human_size(d.size),
             )
         out.print(table)
+        _show_ocr(base, [d for d in docs if d.status == "ok"], settings_of(ctx).ingest.ocr_low_confidence)
         bad = [d for d in docs if d.status in ("failed", "empty")]
         if bad:
             out.print("[bold red]not ingested[/]")
@@ -78,6 +81,37 @@ def kb_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="knowle
                 out.print(
                     f"  {display_path(d.path)} ({d.status}): {printable(d.error or '')}", highlight=False, markup=False
                 )
+
+
+OCR_SUFFIXES = (".pdf", *IMAGE_SUFFIXES)
+
+
+def _show_ocr(base, docs, low: float) -> None:
+    """Pages read with OCR, their mean recognition score, and the low-scoring ones flagged; and
+    pages of a document OCR read nothing on."""
+    rows = []
+    for d in docs:
+        if Path(d.path).suffix.lower() not in OCR_SUFFIXES:
+            continue
+        scores = ocr_pages(base, d.doc_id)
+        if scores:
+            flagged = [f"{n} ({s:.3f})" for n, s in scores.items() if s < low]
+            mean = sum(scores.values()) / len(scores)
+            line = f"  {display_path(d.path)}: {_pages(sorted(scores))}, mean score {mean:.2f}"
+            if flagged:
+                line += f"; [yellow]low confidence[/] (< {low:g}, ingest.ocr_low_confidence): {', '.join(flagged)}"
+            rows.append(line)
+        if d.error:
+            rows.append(f"  {display_path(d.path)}: [yellow]{escape(printable(d.error))}[/]")
+    if rows:
+        out.print("[bold]read with OCR[/]")
+        for row in rows:
+            out.print(row, highlight=False)
+
+
+def _pages(numbers: list[int | None]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:30]) + (f" and {len(numbers) - 30} more" if len(numbers) > 30 else "")
+    return f"page{'s' if len(numbers) > 1 else ''} {shown}"
 
 
 @kb_app.command("rm")

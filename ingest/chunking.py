@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ingest.context import DocumentContext
+from ingest.layout import chunk_boxes, page_size
 from rag.config import ChunkSettings
 from rag.types import Chunk, Page
 
@@ -101,7 +102,7 @@ class Chunker:
         for index, page in enumerate(pages):
             for start, piece, repeated in self._split_with_offsets(page.text, counter, reporter.after(offset)):
                 end = start + len(piece) - repeated  # a table chunk's repeated header is not in the span
-                metadata = dict(page.metadata)
+                metadata = _placed(page, start, end)
                 if context is not None:
                     _add_context(metadata, context, index, start)
                 if repeated:
@@ -239,6 +240,15 @@ def _add_context(metadata: dict, context: DocumentContext, page_index: int, star
     heading = context.heading(page_index, start)
     if heading:
         metadata["heading"] = heading[:_CONTEXT_CHARS]
+
+
+def _placed(page: Page, start: int, end: int) -> dict:
+    """The page's metadata, plus where characters start..end-1 sit on the page when it is known."""
+    metadata = dict(page.metadata)
+    if page.layout is not None:
+        metadata["boxes"] = chunk_boxes(page.layout, start, end)
+        metadata["page_size"] = page_size(page.layout)
+    return metadata
 
 
 def _table_blocks(text: str) -> list[tuple[int, int]]:

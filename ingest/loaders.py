@@ -6,26 +6,22 @@ the pipeline records it against the file and carries on with the rest.
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import functools
 import io
-import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.errors import LoadError
+from ingest.ocr import OcrSettings, OcrUnavailable, read_image
+from ingest.pdf import PageProgress, load_pdf
 from rag.config import IngestSettings
 from rag.types import Page
 
-
-class LoadError(Exception):
-    """The file cannot be turned into text. `status` is "failed" or "empty"."""
-
-    def __init__(self, message: str, status: str = "failed") -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["LOADERS", "ArchiveLimits", "LoadError", "OcrSettings", "is_supported", "load_file"]
 
 
 Loader = Callable[[Path, bytes], list[Page]]
@@ -86,58 +82,6 @@ def load_html(path: Path, data: bytes) -> list[Page]:
     lines = (line.strip() for line in body.get_text("\n").splitlines())
     text = "\n".join(line for line in lines if line)
     return [Page(text, str(path), metadata={"title": title} if title else {})]
-
-
-@contextlib.contextmanager
-def _quiet_pypdf() -> Iterator[None]:
-    """pypdf logs its repairs ("EOF marker not found", "Ignoring wrong pointing object") to stderr,
-    where they tore through the progress bars; what matters is said once, as a LoadError."""
-    logger = logging.getLogger("pypdf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def load_pdf(path: Path, data: bytes) -> list[Page]:
-    """One Page per PDF page, so chunks never straddle pages and citations name the page."""
-    with _quiet_pypdf():
-        return _pdf_pages(path, data)
-
-
-def _pdf_pages(path: Path, data: bytes) -> list[Page]:
-    from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
-
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise FileNotDecryptedError("password required")
-        raw_pages = list(reader.pages)
-    except (FileNotDecryptedError, NotImplementedError) as exc:
-        raise LoadError(f"encrypted PDF ({exc}); decrypt it first (e.g. qpdf --decrypt in.pdf out.pdf)") from exc
-    except (PdfReadError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise LoadError(f"not a readable PDF ({exc}); re-export or repair it") from exc
-    pages: list[Page] = []
-    broken: list[int] = []
-    for number, page in enumerate(raw_pages, start=1):
-        try:
-            text = page.extract_text() or ""
-        except Exception:  # pypdf raises many types on damaged content streams
-            broken.append(number)
-            continue
-        pages.append(Page(text, str(path), page_no=number))
-    if broken and not pages:
-        raise LoadError("no page could be read (damaged content); re-export or repair it")
-    if not any(p.text.strip() for p in pages):
-        raise LoadError(
-            f"no text layer on any of its {len(raw_pages)} page(s) (scanned?); "
-            "run OCR first (e.g. ocrmypdf in.pdf out.pdf)",
-            status="empty",
-        )
-    return pages
 
 
 def load_docx(path: Path, data: bytes) -> list[Page]:
@@ -226,8 +170,44 @@ def load_xlsx(path: Path, data: bytes) -> list[Page]:
     return pages
 
 
+# Pillow decodes these; a photo of a page or a scan saved as an image is read with OCR.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MAX_IMAGE_PIXELS = 12_000 * 12_000  # larger is a decompression bomb or not a page: refused before decoding
+
+
+def load_image(path: Path, data: bytes, ocr: OcrSettings | None = None) -> list[Page]:
+    """One Page read with OCR, its boxes in pixels of the image turned upright (EXIF orientation),
+    which is how a phone photo is shown."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    ocr = ocr or OcrSettings()
+    if ocr.mode == "off":
+        raise LoadError("an image is read with OCR, and ingest.ocr is 'off'; set it to 'auto'", status="empty")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise LoadError(f"{opened.width}x{opened.height} pixels is too large for a page image; scale it down")
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise LoadError(f"not a readable image ({exc}); re-save it as PNG or JPEG") from exc
+    try:
+        result = read_image(image, ocr)
+    except OcrUnavailable as exc:
+        raise LoadError(str(exc)) from exc
+    if not result.text.strip():
+        raise LoadError(
+            "OCR found no readable text in the image (blank, or too faint, small or blurred); "
+            "photograph or scan the page again, flat and in focus",
+            status="empty",
+        )
+    metadata = {"read": "ocr", "ocr_confidence": round(result.confidence, 3)}
+    return [Page(result.text, str(path), page_no=1, metadata=metadata, layout=result.layout)]
+
+
 LOADERS: dict[str, Loader] = {
     ".pdf": load_pdf,
+    **dict.fromkeys(IMAGE_SUFFIXES, load_image),
     ".txt": load_text,
     ".text": load_text,
     ".md": load_text,
@@ -303,9 +283,20 @@ def _entity_bomb(exc: BaseException) -> bool:
     return bool(names & {"EntitiesForbidden", "DTDForbidden", "ExternalReferenceForbidden"}) or "amplification" in text
 
 
-def load_file(path: Path, data: bytes, limits: ArchiveLimits | None = None) -> list[Page]:
-    """Pages of `path` (whose bytes the caller already read and hashed)."""
-    loader = LOADERS.get(path.suffix.lower())
+def load_file(
+    path: Path,
+    data: bytes,
+    limits: ArchiveLimits | None = None,
+    ocr: OcrSettings | None = None,
+    progress: PageProgress | None = None,
+) -> list[Page]:
+    """Pages of `path` (whose bytes the caller already read and hashed).  `progress(done, total)`
+    follows the pages read with OCR, the slow part of any ingest that needs it."""
+    loader: Callable[..., list[Page]] | None = LOADERS.get(path.suffix.lower())
+    if loader is load_pdf:
+        loader = functools.partial(load_pdf, ocr=ocr, progress=progress)
+    elif loader is load_image:
+        loader = functools.partial(load_image, ocr=ocr)
     if loader is None:
         supported = ", ".join(sorted(LOADERS))
         raise LoadError(f"unsupported format {path.suffix or '(none)'}; supported: {supported}")

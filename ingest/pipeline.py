@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from ingest.chunking import Chunker, chunker_fingerprint
-from ingest.loaders import ArchiveLimits, LoadError, is_supported, load_file
+from ingest.context import indexed_text
+from ingest.loaders import ArchiveLimits, LoadError, OcrSettings, is_supported, load_file
 from rag.config import Settings
 from rag.embed import Embedder
 from rag.lexical import tokenize
 from rag.store import DocumentInfo, KBError, Store, StoreWriter, create_store, delete_base, open_store, store_exists
-from rag.types import Chunk
+from rag.types import Chunk, Page
 
 # Chunks of many files wait to be embedded together, sorted by length, so that each batch the
 # model runs holds texts of about the same length and little padding: on SciFact, 512 waiting
@@ -93,6 +94,7 @@ class _Prepared:
     chunks: list[Chunk] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     problem: Problem | None = None
+    note: str | None = None  # stored as the document's error: pages of it that could not be read
 
     @property
     def stat(self) -> dict[str, object]:
@@ -184,6 +186,7 @@ class IngestPipeline:
         self.progress = Progress()
         self.max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
         self.limits = ArchiveLimits.from_settings(settings.ingest)
+        self.ocr = OcrSettings.from_settings(settings.ingest)
         self.embed_rate: float | None = None  # chunks/s, once measured in this run
 
     @property
@@ -289,7 +292,13 @@ class IngestPipeline:
             found.kind = "touched"  # same bytes, new mtime: nothing to re-embed
             return found
         try:
-            pages = load_file(path, data, self.limits)
+            pages = load_file(
+                path,
+                data,
+                self.limits,
+                self.ocr,
+                progress=lambda done, total: self.progress.working(key, "ocr", done, total),
+            )
         except LoadError as exc:
             return _problem(key, existing, exc.status, str(exc), found)
         except MemoryError:
@@ -300,6 +309,7 @@ class IngestPipeline:
             reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
             return _problem(key, existing, "failed", reason, found)
         found.pages = len(pages)
+        found.note = unread_pages(pages)
         chunker = self.chunker
         found.chunks = chunker.split_pages(
             pages, progress=lambda done, total: self.progress.working(key, "chunking", done, total)
@@ -312,8 +322,12 @@ class IngestPipeline:
             return _problem(key, existing, "failed", too_long, found)
         limit = self.settings.ingest.max_chunks_per_file
         if limit is None or len(found.chunks) <= limit:  # one that is refused is not worth tokenizing
-            found.tokens = [" ".join(tokenize(c.text)) for c in found.chunks]  # BM25's, off the main thread
+            found.tokens = [" ".join(tokenize(self.indexed(c))) for c in found.chunks]  # BM25's, off the main thread
         return found
+
+    def indexed(self, chunk: Chunk) -> str:
+        """What the embedder and BM25 see of a chunk: with its title and heading (chunk.context)."""
+        return indexed_text(chunk) if self.settings.chunk.context else chunk.text
 
     def _too_long(self, chunks: list[Chunk]) -> str | None:
         """Why the store cannot hold these chunks (Milvus keeps at most 64 KB of text in one)."""
@@ -325,6 +339,15 @@ class IngestPipeline:
             f"a chunk of {longest:,} bytes is longer than the {self.kb.backend} store holds ({limit:,}); "
             "use chunk.method = 'recursive' (the default) for files this long"
         )
+
+
+def unread_pages(pages: list[Page]) -> str | None:
+    """'OCR read nothing on pages 3, 7' for the scanned pages of a document that came out blank."""
+    blank = [p.page_no for p in pages if p.metadata.get("read") == "ocr" and not p.text.strip()]
+    if not blank:
+        return None
+    listed = ", ".join(map(str, blank[:20])) + (f" and {len(blank) - 20} more" if len(blank) > 20 else "")
+    return f"OCR read nothing on page{'s' if len(blank) > 1 else ''} {listed} (blank, or too faint or blurred)"
 
 
 def _cost(n: int, rate: float | None) -> str:
@@ -493,7 +516,7 @@ class _Run:
         """Embed the waiting chunks and stage their documents."""
         if not self.pending:
             return
-        texts = [c.text for p in self.pending for c in p.chunks]
+        texts = [self.pipe.indexed(c) for p in self.pending for c in p.chunks]
         vectors = self.embed(texts)
         offset = 0
         for item in self.pending:
@@ -501,6 +524,7 @@ class _Run:
             self.writer.put_document(
                 path=item.path,
                 status="ok",
+                error=item.note,
                 pages=item.pages,
                 chunker=self.pipe.fingerprint,
                 chunks=item.chunks,

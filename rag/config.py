@@ -51,6 +51,11 @@ class ChunkSettings(_Section):
     )
     size: int = Field(250, ge=16, description="chunk size in embedding-model tokens")
     overlap: int = Field(32, ge=0, description="overlap between neighbouring chunks, in tokens")
+    context: bool = Field(
+        True,
+        description="embed and BM25-index each chunk with its document's title and the nearest heading above "
+        "it (a statement's rows with the statement's name); the chunk's shown and cited text is unchanged",
+    )
 
     @field_validator("overlap")
     @classmethod
@@ -97,6 +102,35 @@ class IngestSettings(_Section):
         description="FAISS index of the vectors: flat (exact; fast enough to ~1M chunks) or hnsw (approximate, "
         "for larger bases); unset: a new base is flat and an existing one keeps its kind. Set on an existing "
         "base, its next ingest converts it",
+    )
+    ocr: Literal["auto", "off", "always"] = Field(
+        "auto",
+        description="read page images with OCR (RapidOCR): auto = PDF pages without a text layer, and image "
+        "files; always = every PDF page too (a text layer that is garbage); off = never (scans come out empty)",
+    )
+    ocr_dpi: int = Field(
+        200,
+        ge=72,
+        le=600,
+        description="resolution PDF pages are rendered at for OCR (150 dpi misread whole lines; 200 read every "
+        "line of our test scans; more costs time)",
+    )
+    ocr_threads: int = Field(
+        1,
+        ge=1,
+        description="threads per OCR page (on 2 cores 1 thread was faster than 2: 4-6 s against 6-9 s a page, "
+        "since embedding runs beside it)",
+    )
+    ocr_min_text_chars: int = Field(
+        20,
+        ge=0,
+        description="with ocr = auto, a PDF page whose text layer has fewer characters than this is OCRed",
+    )
+    ocr_low_confidence: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="`rag kb show` flags OCR pages whose mean recognition score is below this",
     )
 
 

@@ -53,7 +53,7 @@ class DocumentInfo:
     size: int | None
     mtime: float | None
     status: str
-    error: str | None
+    error: str | None  # why it failed or is empty; for an "ok" one, a note (pages OCR read nothing on)
     pages: int | None
     chunks: int
     chunker: str | None

@@ -38,7 +38,7 @@ def test_ingest_the_samples_then_rerun(run, docs: Path, isolated: Path) -> None:
     assert "ingest into 'sample'" in first.output and "rebuilt" not in first.output
     assert "left out 1 file(s) in formats rag does not read: .pptx (1)" in first.output
     assert [line.split() for line in first.output.splitlines() if line.strip().startswith("added")] == [
-        ["added", "5", "written", "9"]
+        ["added", "5", "written", "10"]
     ]
     again = run("ingest", str(docs), "--kb", "sample")
     assert again.exit_code == 0
@@ -173,3 +173,23 @@ def test_ask_json_says_where_each_pdf_passage_sits_on_its_page(run, pdf_file: Pa
         )
     notes = [r for r in data["retrieved"] if r["source"].endswith(".md")]
     assert notes and all(r["boxes"] == [] and r["page_size"] is None for r in notes), "no pages, no boxes"
+
+
+def test_kb_show_lists_the_pages_read_with_ocr_and_flags_low_scores(run, tmp_path: Path) -> None:
+    from PIL.ImageFilter import GaussianBlur
+
+    from tests.fixtures.scans import degraded, image_pdf, page_image
+
+    docs = tmp_path / "scans"
+    image_pdf(docs / "scan.pdf", [page_image(["Helios H10 service report", "The inverter was replaced."])] * 2)
+    blurred = degraded(page_image(["Battery capacity measured at 9.6 kWh."]), 1.0, 30).filter(GaussianBlur(2.5))
+    blurred.save(docs / "photo.png")  # read right, with a score a little under 1
+    ingested = run("ingest", str(docs), "--kb", "scans")
+    assert ingested.exit_code == 0, ingested.output
+    show = run("kb", "show", "scans", RAG_INGEST__OCR_LOW_CONFIDENCE="0.999")
+    assert show.exit_code == 0, show.output
+    lines = show.output.split("read with OCR")[1].splitlines()
+    scan = next(line for line in lines if "scan.pdf" in line)
+    assert "pages 1, 2, mean score" in scan and "low confidence" not in scan
+    photo = next(line for line in lines if "photo.png" in line)
+    assert "page 1, mean score" in photo and "low confidence (< 0.999, ingest.ocr_low_confidence): 1 (0.99" in photo

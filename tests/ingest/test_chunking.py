@@ -14,7 +14,7 @@ import pytest
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from ingest.chunking import SEPARATORS, Chunker, _table_blocks
-from ingest.loaders import LoadError, load_file
+from ingest.loaders import LoadError, OcrSettings, load_file
 from rag.config import ChunkSettings
 from rag.types import Page
 from tests.conftest import SAMPLES, shared_path
@@ -213,7 +213,7 @@ def test_same_chunks_as_langchain_on_shared_documents(embedder, size: int, overl
     assert len(pdfs) > 5
     for pdf in pdfs:
         try:
-            pages = load_file(pdf, pdf.read_bytes())
+            pages = load_file(pdf, pdf.read_bytes(), ocr=OcrSettings(mode="off"))
         except LoadError:  # the scanned ones: no text layer
             continue
         assert_same_as_langchain(embedder, pages, size, overlap)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import LoadError, load_file
+from ingest.loaders import LoadError, OcrSettings, load_file
 from tests.conftest import shared_path
 from tests.fixtures.documents import (
     CHINESE_TEXT,
@@ -175,10 +175,18 @@ def test_scanned_pdf_is_empty_and_says_ocr(tmp_path: Path) -> None:
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
-    path = tmp_path / "image.png"
-    path.write_bytes(b"\x89PNG....")
+    path = tmp_path / "drawing.dwg"
+    path.write_bytes(b"AC1032....")
     with pytest.raises(LoadError, match="unsupported"):
         load(path)
+
+
+def test_a_broken_image_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(b"\x89PNG....")
+    with pytest.raises(LoadError, match="not a readable image") as err:
+        load(path)
+    assert err.value.status == "failed"
 
 
 # ---- real PDFs from other RAG projects' test suites --------------------------------------------
@@ -196,10 +204,20 @@ def test_real_pdf_with_a_blank_page_keeps_the_numbers_of_the_others() -> None:
     assert pages[0].text.strip() and not pages[2].text.strip()
 
 
-@pytest.mark.parametrize("name", ["file_scanned.pdf", "non_text_searchable.pdf", "file_image.pdf"])
-def test_real_scanned_pdfs_are_reported_empty(name: str) -> None:
-    with pytest.raises(LoadError) as err:
-        load(shared_path("docs", "pdf", name))
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("file_scanned.pdf", "THE SLEREXE COMPANY LIMITED"),
+        ("non_text_searchable.pdf", "This is an example of a non-text-searchable PDF"),
+        ("file_image.pdf", "This is an example of an “Image-based PDF”"),
+    ],
+)
+def test_real_scanned_pdfs_are_read_with_ocr_and_empty_without(name: str, expected: str) -> None:
+    path = shared_path("docs", "pdf", name)
+    (page,) = load(path)
+    assert expected in page.text and page.metadata["read"] == "ocr"
+    with pytest.raises(LoadError, match="no text layer") as err:
+        load_file(path, path.read_bytes(), ocr=OcrSettings(mode="off"))
     assert err.value.status == "empty"
 
 

@@ -249,13 +249,13 @@ def test_glob_limits_what_is_ingested(settings, embedder, corpus: Path) -> None:
 
 def test_hidden_files_and_unsupported_formats_are_skipped_in_folders(settings, embedder, corpus: Path) -> None:
     (corpus / ".secret.md").write_text("hidden")
-    (corpus / "photo.png").write_bytes(b"\x89PNG")
+    (corpus / "drawing.dwg").write_bytes(b"AC1032")
     (corpus / "old.DOC").write_bytes(b"\xd0\xcf\x11\xe0")
     (corpus / "gone.txt").symlink_to(corpus / "nowhere")  # a broken link is a failure, counted below
     report = ingest(settings, embedder, corpus)
     assert (report.added, report.failed) == (8, 1)
     # Not failures, but the user is told what was left out and why: formats no loader reads.
-    assert report.unsupported == {".png": 1, ".doc": 1}
+    assert report.unsupported == {".dwg": 1, ".doc": 1}
     assert ingest(settings, embedder, corpus, pattern="*.pdf").unsupported == {}, "--glob chose the files"
 
 
@@ -330,10 +330,12 @@ def test_real_shared_documents(settings, embedder) -> None:
     docs = shared_path("docs")
     report = ingest(settings, embedder, docs)
     assert report.failed == 0
-    assert report.empty == 3  # the scanned / image-only PDFs
-    assert report.added == 21 - 3
+    assert report.empty == 0  # the scanned / image-only PDFs are read with OCR
+    assert report.added == 21
     with open_kb(settings) as kb:
         top = search(kb, embedder, "ReAct reasoning and acting with language models", k=5)
         assert any(c.source.endswith("react_paper.pdf") and c.page_no == 1 for c in top)
+        top = search(kb, embedder, "Slerexe Company Limited telephone", k=3)
+        assert top[0].source.endswith("file_scanned.pdf") and top[0].metadata["read"] == "ocr"
         zh = [c for c in kb.chunks(range(1, 3000)).values() if c.source.endswith("大模型推理优化策略.md")]
         assert len(zh) > 3
