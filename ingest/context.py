@@ -16,6 +16,7 @@ heads such as "Table of Contents") are not headings.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -55,8 +56,15 @@ def document_title(pages: list[Page]) -> str:
     given = str(pages[0].metadata.get("title") or "").strip()
     if given and not _UNTITLED.search(given):
         return given[:200]
-    stem = re.sub(r"[_\s]+", " ", Path(pages[0].source).stem).strip()
+    stem = re.sub(r"[_\s]+", " ", _printable(Path(pages[0].source).stem)).strip()
     return stem if _WORD.search(stem) else ""
+
+
+def _printable(name: str) -> str:
+    """A file name as words a tokenizer takes: bytes that were not UTF-8 (kept as surrogates) become
+    U+FFFD, and control and format characters (escape sequences, bidi overrides) are dropped."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 class DocumentContext:

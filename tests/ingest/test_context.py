@@ -108,3 +108,8 @@ def test_chunks_carry_title_and_heading(embedder, tmp_path: Path) -> None:
     assert chunks[-1].metadata["title"] == "guide"
     off = Chunker(ChunkSettings(context=False), embedder.tokenizer, embedder.max_tokens)
     assert "heading" not in off.split_pages(load_file(path, path.read_bytes()))[-1].metadata
+
+
+def test_a_title_from_a_hostile_file_name_is_plain_text() -> None:
+    name = "caf\udce9 \x1b[2K\u202enotes"  # a Latin-1 byte kept as a surrogate, an escape, a bidi override
+    assert document_title([Page("x", f"/d/{name}.txt")]) == "caf\ufffd [2Knotes"
