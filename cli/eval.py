@@ -108,6 +108,55 @@ def retrieval(
     _show(folder)
 
 
+@eval_app.command("pages")
+def pages(
+    ctx: typer.Context,
+    questions: Annotated[
+        Path, typer.Argument(help="JSONL with doc_name, question, evidence: [{doc_name, page}] (FinanceBench)")
+    ],
+    docs: Annotated[Path, typer.Option("--docs", help="the folder of PDFs the questions are about")],
+    kb: Annotated[
+        str | None, typer.Option("--kb", help="knowledge base to ingest into (default: named by folder and settings)")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="chunks retrieved per question")] = 5,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option("--mode", help="dense | bm25 | hybrid; repeat to compare (default: retrieve.mode)"),
+    ] = None,
+    config: Annotated[
+        list[Path] | None, typer.Option("--config", help="a settings file to compare; repeat for several")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="report folder (default: <data_dir>/eval/<time>-…)")
+    ] = None,
+) -> None:
+    """Page-level retrieval: is an evidence page among the top-k chunks, within the question's own
+    filing and across all of them?
+
+    The PDFs are ingested into one knowledge base (incremental, reused by the next run; named by
+    the folder and the settings that change chunks or vectors, unless --kb is given), then every
+    question is searched with the retriever `rag ask` uses. Each --config x --mode pair is one row;
+    every question's retrieved (file, page) list is kept in the report's runs/ folder.
+    """
+    from eval.datasets import DatasetError
+    from eval.pages import run_pages_eval
+
+    settings = settings_of(ctx)
+    configs = _configs(settings, config or [], mode or [])
+    name = settings.kb_name(kb) if kb is not None else None
+    target = out_dir or _default_out(settings, "pages", questions.parent.name or questions.stem)
+    try:
+        with progress_bar() as bar:
+            folder = run_pages_eval(settings, questions, docs, configs, target, k, name, _StageBars(bar), _warn)
+    except (DatasetError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        raise fail(
+            "interrupted; ingested documents are kept, so the next run continues where this one stopped", 1
+        ) from exc
+    _show(folder)
+
+
 def _warn(message: str) -> None:
     """One line on stderr, never wrapped, so it can be read (and grepped) whole."""
     from rich.markup import escape
@@ -144,12 +193,19 @@ def _show(folder: Path) -> None:
         raise fail(str(exc)) from exc
     if report.get("kind") == "answers":
         out.print(_answers_table(report))
+    elif report.get("kind") == "pages":
+        from rich.markdown import Markdown
+
+        from eval.pages import render_pages_markdown
+
+        out.print(Markdown(render_pages_markdown(report)))
     else:
         from rich.markdown import Markdown
 
         text = render_markdown(report)
         out.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
-    out.print(f"report: {folder}/report.md (plots: {', '.join(p.name for p in sorted(folder.glob('*.png')))})")
+    plots = ", ".join(p.name for p in sorted(folder.glob("*.png")))
+    out.print(f"report: {folder}/report.md" + (f" (plots: {plots})" if plots else ""), highlight=False)
 
 
 def _answers_table(report: dict):

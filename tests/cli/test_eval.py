@@ -186,3 +186,23 @@ def test_no_base_runs_only_the_adapters(run, isolated: Path, tmp_path: Path) -> 
     qa.write_text(json.dumps({"id": "1", "question": "Why?", "answers": ["because"]}) + "\n")
     result = run("eval", "answers", "--qa", str(qa), "--no-base")
     assert result.exit_code == 2 and "--no-base leaves nothing to run without --adapter" in result.output
+
+
+@pytest.mark.slow
+def test_pages_report_in_one_command_then_show(run, tmp_path: Path) -> None:
+    from tests.eval.test_pages import write_set
+
+    questions, docs = write_set(tmp_path)
+    args = ["eval", "pages", str(questions), "--docs", str(docs), "--k", "1", "--mode", "hybrid"]
+    result = run(*args, "--out", str(tmp_path / "rep"))
+    assert result.exit_code == 0, result.output
+    assert "DELTA_2022_10K" in result.output  # the filing the folder lacks is named
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["kind"] == "pages" and report["runs"][0]["metrics"]["own_hit@1"] == 0.6
+    again = run(*args, "--kb", "fb", "--out", str(tmp_path / "rep2"))
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "rep2" / "report.json").read_text())["runs"][0]["kb"] == "fb"
+    shown = run("eval", "show", str(tmp_path / "rep"))
+    assert shown.exit_code == 0 and "own filing hit@1" in shown.output and "0.400" in shown.output
+    missing = run("eval", "pages", str(questions), "--docs", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "not a folder" in missing.output
