@@ -1,7 +1,7 @@
 """PDF -> Pages: the text layer with each character's place on the page, OCR where there is none.
 
 pypdf opens the file first: its errors name what is wrong (encrypted, damaged) in words a user can
-act on.  The text then comes from pdfium (pypdfium2), which is about ten times faster than pypdf's
+act on.  The text then comes from pdfium (pypdfium2), which is about nine times faster than pypdf's
 extract_text (5 s against 48 s for a 252-page 10-K here) and gives every character's box, which
 is what lets a citation be highlighted on the page.  A page without usable text is rendered and
 read with OCR (ingest.ocr), so a mixed PDF keeps its text layer where it has one.
