@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import io
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ Box = tuple[float, float, float, float]  # x0, top, x1, bottom: PDF points from 
 
 # A path object thinner than this is a rule (a line), not a box.
 _RULE_THICKNESS = 3.0
+
+# pdfminer writes a glyph it cannot map to a character as "(cid:N)".  A ruled figure drawn in
+# such a font (the ReAct paper's page 2) "extracts" as a table of these codes, which would be
+# embedded with the document's heading and outrank the real text; such a table is left out
+# (the text layer stands), and stray codes are dropped from real tables' cells.
+_CID = re.compile(r"\(cid:\d+\)")
+_MOSTLY_CID = 0.3
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Table:
 # ---- Markdown ------------------------------------------------------------------------------
 def _cell(value: object) -> str:
     """A cell as one line of Markdown: whitespace (line breaks included) collapsed, `|` escaped."""
-    text = " ".join(str(value).split()) if value is not None else ""
+    text = " ".join(_CID.sub("", str(value)).split()) if value is not None else ""
     return text.replace("|", "\\|")
 
 
@@ -185,6 +193,8 @@ def _page_tables(page) -> list[Table]:
     tables = []
     for found in page.find_tables():
         rows = found.extract()
+        if _unreadable(rows):
+            continue
         lines = markdown_lines(rows)
         shown_rows = {i for i, _ in lines if i is not None}
         columns = lines[1][1].count("---") if len(lines) > 1 else 0
@@ -194,6 +204,13 @@ def _page_tables(page) -> list[Table]:
             Table([[c or "" for c in r] for r in rows], [shift(r.bbox) for r in found.rows], shift(found.bbox))
         )
     return sorted(tables, key=lambda t: (t.bbox[1], t.bbox[0]))
+
+
+def _unreadable(rows: Sequence[Sequence[object]]) -> bool:
+    """Mostly unmapped glyphs ("(cid:N)"): a figure in a font without a character map."""
+    text = "".join(str(c) for row in rows for c in row if c)
+    coded = sum(len(m) for m in _CID.findall(text))
+    return bool(text) and coded / len(text) > _MOSTLY_CID
 
 
 # ---- splicing into the page text -------------------------------------------------------------

@@ -109,8 +109,32 @@ class Retriever:
         if "dense" in _RETRIEVERS[mode]:
             ranked["dense"] = self.kb.dense_candidates(qvec, k, allowed)
         if "bm25" in _RETRIEVERS[mode]:
-            ranked["bm25"] = self.kb.lexical_candidates(query, k, allowed)
+            ranked["bm25"] = self._break_ties(query, self.kb.lexical_candidates(query, k, allowed))
         return ranked
+
+    def _break_ties(self, query: str, items: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Equal BM25 scores, ordered by how many of the query's words the chunk itself holds.
+
+        BM25 indexes each chunk with its neighbours (rag.store.bm25.WINDOW), so the chunks of a
+        two-chunk document score exactly alike; which came first was up to each store's sort
+        (the local store and Milvus disagreed).  The chunk that holds the words is the one to
+        show and cite."""
+        scores = np.array([score for _, score in items], dtype=np.float64)
+        if len(scores) < 2 or not np.isclose(scores[1:], scores[:-1], rtol=1e-5, atol=0.0).any():
+            return items
+        q_tokens = {t for t in tokenize(query) if t}
+        own = self.kb.chunk_tokens([cid for cid, _ in items])
+        groups: list[list[tuple[int, float]]] = []
+        for item in items:  # runs of (nearly) equal scores, best first
+            if groups and np.isclose(item[1], groups[-1][0][1], rtol=1e-5, atol=0.0):
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        return [
+            item
+            for group in groups
+            for item in sorted(group, key=lambda it: -_coverage(q_tokens, set(own.get(it[0], ()))))
+        ]
 
     def _complete_scores(
         self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, query: str
@@ -143,7 +167,7 @@ class Retriever:
         sims = self.kb.dense_scores(qvec, ids)
         stored = self.kb.chunk_tokens(ids)
         q_tokens = {t for t in tokenize(query) if t}
-        return {cid: (sims.get(cid, 0.0), _coverage(q_tokens, stored.get(cid, set()))) for cid in ids}
+        return {cid: (sims.get(cid, 0.0), _coverage(q_tokens, set(stored.get(cid, ())))) for cid in ids}
 
     def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         if self._reranker is None:

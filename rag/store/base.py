@@ -166,8 +166,10 @@ class Store(ABC):
         """(chunk id, document id) of every chunk of at least `min_chars` characters."""
 
     @abstractmethod
-    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, set[str]]:
-        """The BM25 tokens stored with each chunk at ingest, so queries never re-tokenize chunks."""
+    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The BM25 tokens stored with each chunk at ingest, in order, so queries never re-tokenize
+        chunks and a copy of the base indexes exactly what the original did (the tokens can hold
+        more than the text: ingest adds the document's title and heading, see chunk.context)."""
 
     @abstractmethod
     def vectors(self, ids: Sequence[int]) -> np.ndarray:

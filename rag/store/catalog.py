@@ -168,13 +168,13 @@ class Catalog:
                 out[cid] = Chunk(text, path, page, ordinal, start, end, json.loads(meta), cid, did)
         return out
 
-    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, set[str]]:
-        out: dict[int, set[str]] = {}
+    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
         for part, marks in _batches(ids):
             for cid, tokens in self.conn.execute(
                 f"SELECT chunk_id, tokens FROM chunks WHERE chunk_id IN ({marks})", part
             ):
-                out[cid] = set(tokens.split())
+                out[cid] = tokens.split()
         return out
 
     def document_chunk_ids(self, doc_id: int) -> list[int]:

@@ -66,5 +66,8 @@ def _copy_document(src: Store, writer: StoreWriter, doc: DocumentInfo, new_ids: 
     found = src.chunks(ids)
     chunks = [found[i] for i in ids if i in found]
     vectors = src.vectors([c.chunk_id for c in chunks])
-    # BM25 tokens are recomputed from the text by the same function that made them at ingest.
-    return writer.put_document(**fields, chunks=chunks, vectors=vectors)
+    # The stored BM25 tokens, not the text re-tokenized: ingest indexes each chunk with its
+    # document's title and heading too (chunk.context), which the text alone does not hold.
+    stored = src.chunk_tokens([c.chunk_id for c in chunks])
+    tokens = [" ".join(stored.get(c.chunk_id, [])) for c in chunks]
+    return writer.put_document(**fields, chunks=chunks, vectors=vectors, tokens=tokens)

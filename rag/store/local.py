@@ -165,7 +165,7 @@ class LocalStore(Store):
     def chunk_ids(self, min_chars: int = 0) -> list[tuple[int, int]]:
         return self.catalog.chunk_ids(min_chars)
 
-    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, set[str]]:
+    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, list[str]]:
         return self.catalog.chunk_tokens(ids)
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:

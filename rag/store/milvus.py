@@ -352,8 +352,8 @@ class MilvusStore(Store):
         rows = [r for r in rows if r["char_end"] - r["char_start"] >= min_chars]
         return sorted((int(r["chunk_id"]), int(r["doc_id"])) for r in rows)
 
-    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, set[str]]:
-        return {int(r["chunk_id"]): set(r["tokens"].split()) for r in self._chunk_rows(ids, ["chunk_id", "tokens"])}
+    def chunk_tokens(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        return {int(r["chunk_id"]): r["tokens"].split() for r in self._chunk_rows(ids, ["chunk_id", "tokens"])}
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         found = {int(r["chunk_id"]): r["dense"] for r in self._chunk_rows(ids, ["chunk_id", "dense"])}

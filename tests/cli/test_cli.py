@@ -162,7 +162,7 @@ def test_ask_json_says_where_each_pdf_passage_sits_on_its_page(run, pdf_file: Pa
     llm = {"RAG_CACHE_DIR": str(MODEL_CACHE), "RAG_LLM__MAX_NEW_TOKENS": "32"}
     result = run("ask", question, "--kb", "handbook", "--json", "--mode", "bm25", **llm)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # stderr may hold a one-time model conversion note
     pdf = [r for r in data["retrieved"] if r["source"].endswith(".pdf")]
     assert pdf and any(r["page"] == 2 for r in pdf)
     for passage in pdf + [c for c in data["citations"] if c["source"].endswith(".pdf")]:

@@ -171,33 +171,33 @@ def langchain_chunks(embedder, text: str, size: int, overlap: int) -> list[str]:
     return chunks
 
 
-def assert_same_as_langchain(embedder, pages: list[Page], size: int, overlap: int) -> None:
-    """Pages holding a Markdown table are chunked differently on purpose (rows kept whole, the
-    header repeated) and left out; at least one page must remain."""
+def assert_same_as_langchain(embedder, pages: list[Page], size: int, overlap: int) -> int:
+    """How many pages were compared.  Pages holding a Markdown table are chunked differently on
+    purpose (rows kept whole, the header repeated) and left out."""
     chunks = make(embedder, size, overlap).split_pages(pages)  # one file: its pages share one count memo
     by_page: dict[tuple[str, int | None], list[str]] = {}
     for chunk in chunks:
         by_page.setdefault((chunk.source, chunk.page_no), []).append(chunk.text)
     assert len({(p.source, p.page_no) for p in pages}) == len(pages)
     pages = [page for page in pages if not _table_blocks(page.text)]
-    assert pages, "every page holds a table: nothing to compare with langchain"
     for page in pages:
         expected = langchain_chunks(embedder, page.text, size, overlap)
         assert by_page.get((page.source, page.page_no), []) == expected, f"{page.source} page {page.page_no}"
+    return len(pages)
 
 
 @pytest.mark.parametrize(("size", "overlap"), LANGCHAIN_SETTINGS)
 def test_same_chunks_as_langchain_on_the_sample_documents(embedder, size: int, overlap: int) -> None:
     pages = [page for path in sorted(SAMPLES.iterdir()) for page in load_file(path, path.read_bytes())]
     assert {Path(p.source).suffix for p in pages} >= {".pdf", ".md", ".txt", ".html"}
-    assert_same_as_langchain(embedder, pages, size, overlap)
+    assert assert_same_as_langchain(embedder, pages, size, overlap) >= 6
 
 
 @pytest.mark.parametrize(("size", "overlap"), LANGCHAIN_SETTINGS)
 def test_same_chunks_as_langchain_on_generated_english_chinese_markdown_and_csv(
     embedder, size: int, overlap: int
 ) -> None:
-    assert_same_as_langchain(embedder, generated_pages(), size, overlap)
+    assert assert_same_as_langchain(embedder, generated_pages(), size, overlap) > 0
 
 
 @pytest.mark.shared
@@ -208,15 +208,17 @@ def test_same_chunks_as_langchain_on_shared_documents(embedder, size: int, overl
     with open(scifact, encoding="utf-8") as fh:
         docs = [json.loads(line) for line in itertools.islice(fh, 40)]
     pages = [Page(f"{d['title']}\n\n{d['text']}", f"scifact/{d['_id']}") for d in docs]
-    assert_same_as_langchain(embedder, pages, size, overlap)
+    assert assert_same_as_langchain(embedder, pages, size, overlap) == 40
     pdfs = sorted(shared_path("docs").rglob("*.pdf"))
     assert len(pdfs) > 5
+    compared = 0
     for pdf in pdfs:
         try:
             pages = load_file(pdf, pdf.read_bytes(), ocr=OcrSettings(mode="off"))
         except LoadError:  # the scanned ones: no text layer
             continue
-        assert_same_as_langchain(embedder, pages, size, overlap)
+        compared += assert_same_as_langchain(embedder, pages, size, overlap)  # a file may be all tables
+    assert compared >= 20, "enough PDF pages without tables were compared"
 
 
 # ---- any text in time linear in its length ---------------------------------------------------

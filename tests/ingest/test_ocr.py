@@ -137,9 +137,11 @@ def test_onnxruntime_telemetry_is_off_and_writes_nothing(tmp_path: Path) -> None
 
     def run(home: Path, **env: str) -> str:
         clean = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+        # onnxruntime's device id goes under $XDG_CACHE_HOME when that is set (as on CI), else ~/.cache
+        cache = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
         done = subprocess.run(
             [sys.executable, "-c", code, str(image)],
-            env={**clean, "HOME": str(home), **env},
+            env={**clean, **cache, **env},
             cwd=REPO,
             capture_output=True,
             text=True,

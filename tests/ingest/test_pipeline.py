@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.chunking import chunker_fingerprint
 from ingest.pipeline import IngestPipeline, IngestReport, open_for_ingest
 from rag.config import Settings
 from rag.embed import Embedder
@@ -279,7 +280,8 @@ def test_changing_chunk_settings_rechunks_on_the_next_run(settings, embedder, co
     report = ingest(smaller, embedder, corpus)
     assert report.updated == 8
     with open_kb(settings) as kb:
-        assert {d.chunker for d in kb.documents()} == {"recursive-v1:20:0"}
+        assert {d.chunker for d in kb.documents()} == {chunker_fingerprint(smaller.chunk)}
+    assert chunker_fingerprint(smaller.chunk) != chunker_fingerprint(settings.chunk)
 
 
 def test_a_base_built_with_another_model_is_refused_by_name(settings, embedder, corpus: Path) -> None:

@@ -52,6 +52,15 @@ def test_markdown_has_a_header_a_separator_and_escaped_cells() -> None:
 
 
 # ---- finding tables in a PDF -------------------------------------------------------------------
+def test_unmapped_glyphs_are_dropped_from_cells_and_a_table_of_them_is_no_table() -> None:
+    assert to_markdown([["item", "2019(cid:3)"], ["Capex", "(cid:80)(1,699)"]]).splitlines()[2] == "| Capex | (1,699) |"
+    react = shared_path("docs", "pdf", "react_paper.pdf")
+    found = pdf_tables(react.read_bytes(), range(4))
+    assert not any("(cid:" in cell for tables in found.values() for t in tables for row in t.rows for cell in row)
+    (page_two,) = [p for p in loaders.load_file(react, react.read_bytes()) if p.page_no == 2]
+    assert "(cid:" not in page_two.text and "ReAct" in page_two.text, "the figure's codes stay out; the text stays"
+
+
 def test_a_multi_page_ruled_table_is_found_on_every_page_with_its_header(table_pdf: Path) -> None:
     data = table_pdf.read_bytes()
     n_pages = len(pdfium_text_pages(data))

@@ -123,6 +123,17 @@ def test_chinese_questions_rank_by_bm25_with_the_english_only_embedder(sample_kb
         assert bm25 and hybrid[: len(bm25)] == bm25
 
 
+def test_equal_bm25_scores_put_the_chunk_holding_the_words_first(sample_kb_dir, embedder) -> None:
+    """The Chinese sample has two chunks and BM25 indexes each with its neighbour, so both score
+    the same; the one that says how long the inverter warranty is must come first, on any store."""
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
+        retriever = Retriever(kb, embedder, RetrieveSettings(top_k=2))
+        first, second = retriever.search("海川 H10 的逆变器保修期是几年？", mode="bm25").hits
+        assert first.score == pytest.approx(second.score, rel=1e-5), "a tie, from the shared window"
+        assert "逆变器与通信模块的保修期为五年" in first.chunk.text and "日常维护" in second.chunk.text
+        assert first.coverage > second.coverage
+
+
 def test_relevance_gate_on_the_sample_documents(sample_kb_dir, embedder) -> None:
     with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
         retriever = Retriever(kb, embedder, RetrieveSettings())

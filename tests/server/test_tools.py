@@ -60,7 +60,7 @@ def test_rag_mcp_over_stdio_lists_searches_and_answers(data) -> None:
 
     seen = asyncio.run(session())
     assert seen["tools"] == ["ask", "list_knowledge_bases", "search"]
-    assert seen["list"] == {"knowledge_bases": [{"name": "sample", "documents": 5, "passages": 9}]}
+    assert seen["list"] == {"knowledge_bases": [{"name": "sample", "documents": 5, "passages": 10}]}
     hits = seen["search"]["hits"]
     assert hits[0]["file"] == "helios-h10-warranty.pdf" and hits[0]["page"] == 2 and len(hits) == 3
     assert seen["ask"]["found"] is False and seen["ask"]["answer"] == "I could not find the answer in the documents."
