@@ -176,8 +176,13 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     assert "Sources" in answer and "ten years" in card.first.inner_text()
     # the answer's [n] links to that card, and the card offers the original file
     anchor = card.first.get_attribute("id")
+    view = page.locator(f".st-key-page-{anchor}")
+    view.get_by_text("Show on page").wait_for()  # drawn after the card's text; [n] opens it
     page.locator(f'a.rag-cite[href="#{anchor}"]').first.click()
     assert page.url.endswith(f"#{anchor}")
+    # opening it draws the page: wait for the image, or the download click below can land while
+    # the page is being redrawn (seen on 2 loaded cores)
+    view.locator("img").wait_for(timeout=WAIT_MS)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download file").first.click()
     assert Path(download.value.path()).read_bytes() == pdf.read_bytes()
