@@ -8,6 +8,7 @@ serves `rag ask`, the UI and the evaluation harness, on any store backend.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,17 +120,17 @@ class Retriever:
         two-chunk document score exactly alike; which came first was up to each store's sort
         (the local store and Milvus disagreed).  The chunk that holds the words is the one to
         show and cite."""
-        scores = np.array([score for _, score in items], dtype=np.float64)
-        if len(scores) < 2 or not np.isclose(scores[1:], scores[:-1], rtol=1e-5, atol=0.0).any():
-            return items
-        q_tokens = {t for t in tokenize(query) if t}
-        own = self.kb.chunk_tokens([cid for cid, _ in items])
         groups: list[list[tuple[int, float]]] = []
         for item in items:  # runs of (nearly) equal scores, best first
-            if groups and np.isclose(item[1], groups[-1][0][1], rtol=1e-5, atol=0.0):
+            if groups and math.isclose(item[1], groups[-1][0][1], rel_tol=1e-5):
                 groups[-1].append(item)
             else:
                 groups.append([item])
+        tied = [cid for group in groups if len(group) > 1 for cid, _ in group]
+        if not tied:
+            return items
+        q_tokens = {t for t in tokenize(query) if t}
+        own = self.kb.chunk_tokens(tied)
         return [
             item
             for group in groups
