@@ -32,7 +32,10 @@ again (upserts) and converges.  Writes are ordered so that a crash leaves nothin
 does not repair: a document's catalog row is first written marked "writing", then its chunks,
 then the row for good (a reader ignores the chunks of a row still marked; the next writer
 deletes them), and a removal is recorded in the collection's properties before it
-starts and cleared when done, so the next writer finishes it.
+starts and cleared when done, so the next writer finishes it.  Milvus Lite keeps a log per
+collection, so a kill can keep a document's chunks and lose its catalog row: readers count and
+list only the catalog's chunks, and the next writer after a writer that never closed deletes
+chunks of no document (a server keeps what it acknowledged, whatever happens to the client).
 
 Consistency: every read and search is Strong, so a process sees what any process committed
 before it asked.  A reader in the middle of an ingest sees each document as soon as its catalog
@@ -42,6 +45,7 @@ not there, but one ingest run is not one atomic step, as it is in the local stor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -70,6 +74,7 @@ from rag.store.base import (
 )
 from rag.types import Chunk
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PREFIX = "rag_"
 MAX_VARCHAR = 65_535  # bytes: Milvus's longest VARCHAR
@@ -290,8 +295,9 @@ class MilvusStore(Store):
         return None
 
     def chunk_count(self) -> int:
-        rows = self._do("query", self.chunks_coll, filter=self._finished_chunks(), output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        """The catalog's count, not the rows': after a kill Lite may hold chunks of no document
+        until the next writer deletes them, and those are no passage a reader can be shown."""
+        return sum(d.chunks for d in self.documents("ok"))
 
     def _finished_chunks(self, expr: str = "") -> str:
         """`expr` restricted to chunks of finished documents: those of a document still being
@@ -349,7 +355,8 @@ class MilvusStore(Store):
     def chunk_ids(self, min_chars: int = 0) -> list[tuple[int, int]]:
         fields = ["chunk_id", "doc_id", "char_start", "char_end"]
         rows = self._query_all(self.chunks_coll, self._finished_chunks("chunk_id >= 0"), fields)
-        rows = [r for r in rows if r["char_end"] - r["char_start"] >= min_chars]
+        owners = {d.doc_id for d in self.documents("ok")}
+        rows = [r for r in rows if r["doc_id"] in owners and r["char_end"] - r["char_start"] >= min_chars]
         return sorted((int(r["chunk_id"]), int(r["doc_id"])) for r in rows)
 
     def chunk_tokens(self, ids: Sequence[int]) -> dict[int, list[str]]:
@@ -488,6 +495,9 @@ class MilvusWriter(StoreWriter):
         self.convert = False
         self.dirty = False
         self._finish_removals(meta.get("removing") or [])
+        if meta.get("writer_open") and is_lite(store.uri):
+            self._delete_orphans()
+        store._set_meta({"writer_open": True})
 
     def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.store._do(method, *args, **kwargs)
@@ -624,6 +634,16 @@ class MilvusWriter(StoreWriter):
             self._remove([int(i) for i in pending])
             self.store._set_meta({"removing": []})
 
+    def _delete_orphans(self) -> None:
+        """Chunks whose document has no catalog row: what a killed Lite writer can leave."""
+        cataloged = {d.doc_id for d in self.store._docs("doc_id >= 0")}
+        rows = self.store._query_all(self.store.chunks_coll, "chunk_id >= 0", ["doc_id"])
+        orphans = sorted({int(r["doc_id"]) for r in rows} - cataloged)
+        for part in _parts(orphans):
+            self._do("delete", self.store.chunks_coll, filter=f"doc_id in {part}")
+        if orphans:
+            log.warning("deleted the chunks of %d documents a killed run left without a catalog row", len(orphans))
+
     def commit(self) -> int:
         if not self.dirty:
             return self.generation
@@ -641,6 +661,8 @@ class MilvusWriter(StoreWriter):
 
     def close(self) -> None:
         self.dirty = False
+        with contextlib.suppress(KBError):  # closing after the server went away: say that, once
+            self.store._set_meta({"writer_open": False})
 
 
 # ---- creating, listing, deleting: what rag.store calls ---------------------------------------------

@@ -19,12 +19,13 @@ import pytest
 from rag.config import load_settings
 from rag.embed import EmbedderIdentity
 from rag.store import create_store, open_store
-from rag.store.milvus import close_clients
+from rag.store.milvus import close_clients, doc_id_for
 from tests.conftest import REPO, SAMPLES
 from tests.fixtures.kb_checks import assert_store_consistent, content
 from tests.fixtures.openai_server import free_port
 from tests.hostile.conftest import rag
 from tests.ingest.test_crash import kill_when, make_corpus
+from tests.rag.store.test_local import IDENTITY, chunk, vectors
 
 pytestmark = pytest.mark.slow
 MILVUS_LITE = Path(sys.executable).parent / "milvus-lite"
@@ -119,6 +120,33 @@ def test_a_base_built_with_another_model_is_refused(tmp_path: Path) -> None:
     assert run.code == 2 and "was built with embedding model 'intfloat/e5-small-v2'" in run.err, run.text
 
 
+def test_chunks_a_killed_writer_left_without_their_catalog_row_are_never_counted_and_then_deleted(
+    tmp_path: Path,
+) -> None:
+    """Lite logs each collection on its own, so a kill can keep a document's chunks and lose its
+    catalog row (seen on CI).  Readers must not count them; the next writer deletes them."""
+    settings = load_settings(data_dir=tmp_path / "data", store={"backend": "milvus", "uri": "./kb.db"})
+
+    with create_store(settings, "t", IDENTITY) as kb:
+        writer = kb.writer()  # never closed: the process dies holding it
+        writer.put_document(
+            path="/a.txt", status="ok", chunks=[chunk("alpha", 0), chunk("beta", 1)], vectors=vectors(2)
+        )
+        lost = [chunk("gamma", 0), chunk("delta", 1), chunk("epsilon", 2)]
+        writer._upsert_chunks(doc_id_for("/lost.txt"), "sha", "c", lost, vectors(3), ["gamma", "delta", "epsilon"])
+        writer.commit()
+        assert _rows(kb) == 5
+        assert kb.chunk_count() == 2 and {d for _, d in kb.chunk_ids()} == {doc_id_for("/a.txt")}
+        assert_store_consistent(kb)
+    close_clients()
+    with open_store(settings, "t") as kb:
+        with kb.writer():
+            assert _rows(kb) == 2, "the next writer deletes chunks of no document"
+        with kb.writer():  # and a writer that closed leaves nothing to look for
+            pass
+        assert kb.chunk_count() == 2 and kb.meta()["writer_open"] is False
+
+
 def test_kill_9_during_an_ingest_into_milvus_then_a_rerun_converges(tmp_path: Path) -> None:
     docs = make_corpus(tmp_path / "docs")
     data = tmp_path / "data"
@@ -140,7 +168,13 @@ def test_kill_9_during_an_ingest_into_milvus_then_a_rerun_converges(tmp_path: Pa
     assert rag("ingest", str(docs), "--kb", "clean", data=data).code == 0
     with open_store(settings, "crash") as kb, open_store(local, "clean") as clean:
         assert_store_consistent(kb)
+        assert _rows(kb) == kb.chunk_count(), "the rerun deleted whatever the kills left behind"
         assert content(kb) == content(clean), "exactly what one uninterrupted (local) ingest holds"
+
+
+def _rows(kb) -> int:
+    """Every stored chunk row, whoever owns it (what no reader is shown, so only a test asks)."""
+    return int(kb._do("query", kb.chunks_coll, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
 
 def _size(folder: Path) -> int:
