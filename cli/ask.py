@@ -83,14 +83,17 @@ def stream_answer(qa: QA, question: str, history: History, **kw) -> Answer:
     """Print the answer as it is generated, then what backs it; hand back the Answer."""
     from rag.qa import Answer
 
-    answer = None
+    answer, shown = None, ""
     for item in qa.stream(question, history, **kw):
         if isinstance(item, Answer):
             answer = item
         else:
+            shown += item
             out.file.write(printable(item))
             out.file.flush()
     out.file.write("\n")
+    if answer.extracted and shown.strip() != answer.answer:  # the copy was shown before it was recognised
+        out.print("[bold]Extracted answer:[/] " + escape(printable(answer.answer)), highlight=False)
     print_sources(answer)
     return answer
 
@@ -105,6 +108,8 @@ def print_sources(answer: Answer) -> None:
 
     if answer.error:
         err.print(f"[bold red]LLM error:[/] {escape(printable(answer.error))}", highlight=False)
+    if answer.extracted:
+        out.print(f"[dim](extracted from the passages, not generated: {escape(answer.extracted)})[/]", highlight=False)
     if answer.standalone_question != answer.question:
         out.print(f"[dim](searched for: {escape(snippet(answer.standalone_question, 400))})[/]", highlight=False)
     evidence = evidence_for(answer)

@@ -194,7 +194,18 @@ class LLMSettings(_Section):
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         description="local: hub id, folder or packaged default; openai: the served model or LoRA adapter name",
     )
-    adapter: str | None = Field(None, description="local backend: a peft LoRA folder to apply")
+    adapter: str | None = Field(None, description="local backend: a peft LoRA folder to apply (transformers engine)")
+    engine: Literal["auto", "llamacpp", "transformers"] = Field(
+        "auto",
+        description="local backend: llama.cpp runs GGUF models (auto: for a .gguf file and the packaged default, "
+        "unless llm.adapter is set); transformers runs hub ids, folders and peft adapters",
+    )
+    gguf_type: Literal["Q8_0", "Q4_0", "packaged"] = Field(
+        "Q8_0",
+        description="llama.cpp: the packaged default (Q4_1, slow to read a prompt) is re-quantized once into "
+        "cache_dir: Q8_0 writes what transformers writes; Q4_0 is a little faster and garbles Chinese",
+    )
+    threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = half the CPU cores, at least 1")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai backend: the server's /v1 URL")
     api_key: str = Field("EMPTY", description="openai backend: API key (vLLM accepts anything by default)")
     timeout_s: float = Field(
@@ -209,6 +220,11 @@ class LLMSettings(_Section):
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     max_new_tokens: int = Field(256, ge=1)
     condense_history: bool = Field(True, description="rewrite follow-ups into standalone questions")
+    extractive_fallback: bool = Field(
+        True,
+        description="an answer that writes the question back or copies the passages out is replaced by the "
+        "passages' sentences that answer it (marked as extracted), and one that repeats itself is cut there",
+    )
 
 
 class UISettings(_Section):

@@ -1,4 +1,5 @@
-"""Chat-model factory: `local` (transformers in-process, optional peft adapter) or `openai`
+"""Chat-model factory: `local` (in-process: llama.cpp for GGUF models, see rag.llamacpp, or
+transformers with an optional peft adapter) or `openai`
 (any OpenAI-compatible server, i.e. vLLM).  Both are LangChain chat models that stream, so
 switching is a config change only.  Each backend's library is imported in its own branch.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import queue
 import threading
 import time
@@ -29,7 +31,7 @@ from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
 from rag.config import LLMSettings, Settings
-from rag.models import resolve_llm
+from rag.models import is_gguf, resolve_llm
 
 
 class LLMError(RuntimeError):
@@ -179,6 +181,10 @@ def _feed(
 def make_chat_model(settings: Settings, notify: Callable[[str], None] = lambda _: None) -> BaseChatModel:
     llm = settings.llm
     match llm.backend:
+        case "local" if local_engine(llm, notify) == "llamacpp":
+            from rag.llamacpp import LlamaCppChatModel
+
+            return LlamaCppChatModel.load(llm, settings.cache_dir, notify)
         case "local":
             return LocalChatModel.load(llm, settings.cache_dir, notify)
         case "openai":
@@ -198,6 +204,25 @@ def make_chat_model(settings: Settings, notify: Callable[[str], None] = lambda _
                 http_client=_deadline_http_client(),
             )
     raise LLMError(f"unknown llm.backend {llm.backend!r}: use 'local' or 'openai'")
+
+
+def local_engine(llm: LLMSettings, notify: Callable[[str], None] = lambda _: None) -> str:
+    """Which engine runs the local model: llama.cpp for GGUF models (several times faster on a
+    CPU), transformers for hub ids, folders and peft adapters (llama.cpp takes GGUF LoRA only)."""
+    if llm.engine == "llamacpp":
+        if llm.adapter:
+            raise LLMError("llm.adapter (a peft folder) runs on llm.engine = 'transformers' only; set that, or 'auto'")
+        if not is_gguf(llm.model):
+            raise LLMError(
+                f"llm.engine = 'llamacpp' needs a .gguf file or the packaged default; {llm.model!r} is neither"
+            )
+        return "llamacpp"
+    if llm.engine == "transformers" or llm.adapter or not is_gguf(llm.model):
+        return "transformers"
+    if importlib.util.find_spec("xllamacpp") is None:
+        notify("xllamacpp is not installed, so the local model runs on transformers (slower): pip install xllamacpp")
+        return "transformers"
+    return "llamacpp"
 
 
 def _deadline_http_client() -> Any:
@@ -259,7 +284,7 @@ def _deadline_stream_type() -> type:
 
 def with_token_limit(chat: BaseChatModel, n: int) -> Any:
     """The same model, limited to `n` new tokens (each backend names the limit its own way)."""
-    return chat.bind(max_new_tokens=n) if isinstance(chat, LocalChatModel) else chat.bind(max_tokens=n)
+    return chat.bind(max_new_tokens=n) if chat._llm_type.startswith("rag-local") else chat.bind(max_tokens=n)
 
 
 def _as_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -433,11 +458,13 @@ class _Halt:
     def stop(self) -> None:
         self._stopped.set()
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+    def done(self) -> bool:
         if self.deadline is not None and self.deadline.expired():
             self.timed_out = True
-        done = self.timed_out or self._stopped.is_set()
-        return input_ids.new_full((input_ids.shape[0],), done).bool()
+        return self.timed_out or self._stopped.is_set()
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return input_ids.new_full((input_ids.shape[0],), self.done()).bool()
 
 
 STOP_STRINGS = ["Question:", "问题：", "Sources:", "<document>"]

@@ -85,6 +85,79 @@ def resolve_llm(name: str, cache_dir: Path, notify: Callable[[str], None] = lamb
     return str(target)
 
 
+def _packaged_gguf(name: str) -> Path | None:
+    """The GGUF file a package ships for `name`, if it is a packaged default and installed."""
+    packaged = _PACKAGED_LLMS.get(name)
+    if packaged is None:
+        return None
+    module_name, gguf_name, install = packaged
+    spec = importlib.util.find_spec(module_name)  # locate only: the package's own code needs llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(f"chat model {name!r} ships in a package that is not installed: {install}")
+    return Path(next(iter(spec.submodule_search_locations))) / gguf_name
+
+
+def is_gguf(name: str) -> bool:
+    """Whether llama.cpp can run `name` as it is: a .gguf file, or a packaged default (shipped as GGUF)."""
+    return name in _PACKAGED_LLMS or (name.lower().endswith(".gguf") and Path(name).expanduser().is_file())
+
+
+def resolve_gguf(name: str, cache_dir: Path, gguf_type: str, notify: Callable[[str], None] = lambda _: None) -> Path:
+    """The GGUF file llama.cpp loads for `name`: a .gguf path as given; the packaged default
+    re-quantized once into ``<cache_dir>/models/`` (its Q4_1 reads a prompt about twice as slowly
+    on this llama.cpp build as Q4_0 or Q8_0; see bench/llm.py), or as shipped with ``packaged``."""
+    source = _packaged_gguf(name)
+    if source is None:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelNotAvailable(f"llama.cpp needs a .gguf file; {name!r} is not one")
+        return path
+    if gguf_type == "packaged":
+        return source
+    target = cache_dir / "models" / f"{name.replace('/', '--')}.{gguf_type}.gguf"
+    if not target.is_file():
+        notify(f"re-quantizing the packaged {name} to {gguf_type} into {target}: one time, a few seconds")
+        requantize(source, target, gguf_type)
+    return target
+
+
+def requantize(source: Path, target: Path, gguf_type: str) -> None:
+    """Copy a GGUF file with its Q4_1 tensors re-quantized to `gguf_type` (everything else, the
+    metadata and chat template included, as it is).  Written here because llama.cpp's quantize tool
+    is not packaged; the gguf package does the arithmetic."""
+    import gguf
+    from gguf import quants
+
+    kind = gguf.GGMLQuantizationType[gguf_type]
+    reader = gguf.GGUFReader(source)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(tmp, reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        vtype = field.types[0]
+        value = _FILE_TYPES[gguf_type] if field.name == "general.file_type" else field.contents()
+        writer.add_key_value(
+            field.name, value, vtype, sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        )
+    for tensor in reader.tensors:
+        if tensor.tensor_type == gguf.GGMLQuantizationType.Q4_1:
+            writer.add_tensor(
+                tensor.name, quants.quantize(quants.dequantize(tensor.data, tensor.tensor_type), kind), raw_dtype=kind
+            )
+        else:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, target)  # a half-written file is never mistaken for the model
+
+
+_FILE_TYPES = {"Q4_0": 2, "Q8_0": 7}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers, for general.file_type
+
+
 def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

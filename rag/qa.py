@@ -18,6 +18,7 @@ from langchain_core.language_models import BaseChatModel
 from rag import prompts
 from rag.config import Settings
 from rag.evidence import Box, attribute, layout_json, on_page
+from rag.extractive import QuestionEcho, echo_reason, extract, without_repeats
 from rag.llm import Deadline, LLMError, invoke_within, stream_within, with_token_limit
 from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
@@ -50,6 +51,9 @@ class Answer:
     dropped_citations: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # Why the model's text was replaced by the passages' own sentences (rag.extractive), else None:
+    # every surface says the answer was extracted, so nobody takes it for the model's words.
+    extracted: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `rag ask --json` object."""
@@ -85,6 +89,8 @@ class Answer:
                 }
                 for i, h in enumerate(self.retrieved, start=1)
             ],
+            "extracted": self.extracted is not None,
+            "extracted_because": self.extracted,
             "dropped_citations": self.dropped_citations,
             "timings": self.timings,
             "error": self.error,
@@ -186,19 +192,15 @@ class QA:
     def _generate(self, answer: Answer, lang: str, t_start: float, deadline: Deadline) -> Iterator[str]:
         messages = prompts.answer_messages(answer.standalone_question, answer.context, lang)
         parts: list[str] = []
-        try:
-            for chunk in stream_within(self.chat, messages, deadline):
-                text = str(chunk.content)
-                if not text:
-                    continue
-                if not parts:
-                    answer.timings["first_token_ms"] = _ms(t_start, time.perf_counter())
-                parts.append(text)
-                yield text
-        except Exception as exc:
-            answer.error = describe_llm_error(exc, self.settings)
+        repair = self.settings.llm.extractive_fallback
+        shown = yield from self._stream_text(messages, answer, t_start, deadline, parts, watch=repair)
         answer.timings["generate_ms"] = _ms(t_start, time.perf_counter())
         answer.answer = "".join(parts).strip()
+        if repair:
+            answer.answer = without_repeats(answer.answer)
+            self._extract_if_no_answer(answer)
+        if answer.extracted and not shown:
+            yield answer.answer
         parsed = prompts.parse_citations(answer.answer, len(answer.context))
         answer.dropped_citations = parsed.dropped
         numbers = parsed.numbers
@@ -208,6 +210,51 @@ class QA:
             numbers = attribute(answer.answer, answer.context)
             answer.citations_attributed = bool(numbers)
         answer.citations = [_citation(n, answer.context[n - 1]) for n in numbers]
+
+    def _stream_text(
+        self, messages: Any, answer: Answer, t_start: float, deadline: Deadline, parts: list[str], watch: bool
+    ) -> Iterator[str]:
+        """The model's text as it comes, into `parts`; returns whether any was shown.  When `watch`,
+        the start is held back while it could be the question written back, and an echo ends generation."""
+        echo = QuestionEcho(answer.standalone_question)
+        held: str | None = "" if watch else None
+        stream = stream_within(self.chat, messages, deadline)
+        try:
+            for chunk in stream:
+                text = str(chunk.content)
+                if not text:
+                    continue
+                parts.append(text)
+                if held is None:
+                    if len(parts) == 1:
+                        answer.timings["first_token_ms"] = _ms(t_start, time.perf_counter())
+                    yield text
+                    continue
+                held += text
+                if echo.undecided(held):
+                    continue
+                if echo.echoed(held):
+                    stream.close()  # generation stops at the next token
+                    break
+                answer.timings["first_token_ms"] = _ms(t_start, time.perf_counter())
+                yield held
+                held = None
+        except Exception as exc:
+            answer.error = describe_llm_error(exc, self.settings)
+        if held and not echo.echoed(held):  # an answer shorter than the question, such as "Ten years."
+            answer.timings["first_token_ms"] = _ms(t_start, time.perf_counter())
+            yield held
+            held = None
+        return held is None
+
+    def _extract_if_no_answer(self, answer: Answer) -> None:
+        """An echo of the question or a copy of the passages is replaced by the passages' own sentences."""
+        if answer.error or _is_refusal(answer.answer, answer.language):
+            return
+        reason = echo_reason(answer.answer, answer.standalone_question, [h.chunk.text for h in answer.context])
+        text = extract(answer.standalone_question, answer.context)[0] if reason else ""
+        if text:
+            answer.answer, answer.extracted = text, reason
 
     def condense(self, question: str, history: History, deadline: Deadline | None = None) -> str | None:
         """A follow-up ("and the inverter?") rewritten to stand alone, so retrieval can find it;

@@ -52,9 +52,11 @@ def answer_json(answer: Answer, evidence: Evidence | None = None) -> dict[str, A
     """What backs an answer, as the `rag` field of a chat message and the MCP `ask` result.
 
     found: False when the documents do not hold the answer ("not found" is an answer, not an
-    error).  evidence: what `citations` are: "cited" (the model's own), "matched" (matched to the
-    answer by wording; the model cited none), "context" (the passages it was given; it cited none
-    of them), "closest" (not found: the closest passages, none of which answers).
+    error).  extracted: why the answer is the passages' own sentences rather than the model's
+    text (it wrote the question back, or copied the passages out), else null.  evidence: what
+    `citations` are: "cited" (the model's own), "matched" (matched to the answer by wording; the
+    model cited none), "context" (the passages it was given; it cited none of them), "closest"
+    (not found: the closest passages, none of which answers).
     """
     evidence = evidence or evidence_for(answer)
     return {
@@ -62,6 +64,7 @@ def answer_json(answer: Answer, evidence: Evidence | None = None) -> dict[str, A
         "evidence": evidence.kind,
         "citations": [passage_json(p) for p in evidence.passages],
         "answer": answer_text(answer),
+        "extracted": answer.extracted,
         "standalone_question": answer.standalone_question,
         "error": answer.error,
     }

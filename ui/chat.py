@@ -352,6 +352,8 @@ def _answer_body(turn: Turn) -> None:
         numbers = {s.n for s in turn.sources} if turn.cited else set()
         body = answer_html(with_matched_markers(answer), lambda n: anchor(turn.id, n) if n in numbers else None)
         st.markdown(body, unsafe_allow_html=True)
+        if answer.extracted:
+            st.caption(f"Extracted from the passages, not generated: {answer.extracted}.")
     if answer.standalone_question != answer.question:
         st.caption(f"Searched for: {answer.standalone_question}")
     title, note = heading(answer, turn.evidence)

@@ -158,17 +158,19 @@ def test_rag_chat_understands_a_follow_up(sample_kb_dir) -> None:
     assert "helios-h10-warranty.pdf, p. 2" in follow_up, "the follow-up found the warranty terms"
 
 
-def test_local_backend_applies_a_peft_adapter(tmp_path: Path, chat_model) -> None:
+def test_local_backend_applies_a_peft_adapter(tmp_path: Path) -> None:
     """A LoRA folder in llm.adapter changes what the local model says (a zero-initialised one would not)."""
     from peft import LoraConfig, get_peft_model
 
-    base = make_chat_model(qa_settings(tmp_path))
+    base = make_chat_model(qa_settings(tmp_path, llm={"engine": "transformers"}))
     lora = get_peft_model(
         base.hf_model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
     lora.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    tuned = make_chat_model(qa_settings(tmp_path, llm={"adapter": str(tmp_path / "adapter")}))
+    tuned = make_chat_model(qa_settings(tmp_path, llm={"adapter": str(tmp_path / "adapter")}))  # engine auto
+    assert tuned._llm_type == "rag-local-transformers", "an adapter runs on transformers"
     messages = [("user", "Name a colour.")]
-    assert str(tuned.invoke(messages).content) != str(chat_model.invoke(messages).content)
+    untuned = make_chat_model(qa_settings(tmp_path, llm={"engine": "transformers"}))
+    assert str(tuned.invoke(messages).content) != str(untuned.invoke(messages).content)
     assert tuned.model_name.endswith("+adapter")

@@ -1,0 +1,129 @@
+"""The local model on llama.cpp: the real xllamacpp and the packaged SmolLM2, re-quantized as
+shipped.  It must behave as the transformers engine does for everything above it: streaming,
+stop strings, the token limit, reproducible greedy answers, the deadline, and clear failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.config import LLMSettings
+from rag.llm import Deadline, LLMError, LLMTimeout, local_engine, stream_within, with_token_limit
+from tests.conftest import MODEL_CACHE, REPO, qa_settings
+from tests.rag.test_llm import QUESTION
+from tests.rag.test_llm_deadline import MARGIN_S, join_threads
+
+pytest.importorskip("xllamacpp", reason="the llama.cpp engine needs xllamacpp (make setup installs it)")
+
+COUNT = [("user", "List the planets of the solar system, one per line.")]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from rag.llm import make_chat_model
+
+    chat = make_chat_model(qa_settings(REPO / ".cache" / "unused", llm={"engine": "llamacpp", "max_new_tokens": 60}))
+    assert type(chat).__name__ == "LlamaCppChatModel"
+    return chat
+
+
+def test_it_streams_and_greedy_answers_are_reproducible(llama) -> None:
+    pieces = [str(c.content) for c in llama.stream(COUNT)]
+    assert len([p for p in pieces if p]) > 5, "token by token, not one block at the end"
+    text = "".join(pieces)
+    assert len(text.split()) >= 8
+    assert llama.invoke(COUNT).content == text, "the same answer streamed or not, and every time"
+    assert "".join(str(c.content) for c in llama.stream(COUNT)) == text
+
+
+def test_stop_strings_cut_the_answer_before_them(llama) -> None:
+    full = str(llama.invoke(COUNT).content)
+    word = full.split()[len(full.split()) // 2]  # a word from the middle of the answer
+    cut = str(llama.invoke(COUNT, stop=[word]).content)
+    assert cut == full[: full.index(word)], "everything before the stop string, nothing of it or after"
+
+
+def test_the_token_limit_holds(llama) -> None:
+    full = str(llama.invoke(COUNT).content)
+    short = str(with_token_limit(llama, 4).invoke(COUNT).content)
+    assert short and full.startswith(short) and len(short) < len(full) // 3
+
+
+def test_generation_stops_at_the_deadline(llama) -> None:
+    deadline = Deadline(2, "the local model smollm2")
+    pieces: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(LLMTimeout) as raised:
+        for chunk in stream_within(llama, [("user", "Count from 1 to 1000, one number per line.")], deadline,
+                                   max_new_tokens=4000):  # fmt: skip
+            pieces.append(str(chunk.content))
+    assert time.monotonic() - started < 2 + MARGIN_S
+    assert not join_threads("rag-llm-call", timeout_s=5), "generation stopped at its next token"
+    assert pieces and f"it had sent {len(''.join(pieces))} character" in str(raised.value)
+
+
+def test_auto_picks_llamacpp_for_gguf_and_transformers_for_adapters_and_hub_models() -> None:
+    assert local_engine(LLMSettings(engine="auto")) == "llamacpp"
+    assert local_engine(LLMSettings(engine="auto", adapter="adapters/squad2")) == "transformers"
+    assert local_engine(LLMSettings(engine="auto", model="Qwen/Qwen2.5-1.5B-Instruct")) == "transformers"
+    assert local_engine(LLMSettings(engine="transformers")) == "transformers"
+    with pytest.raises(LLMError, match=r"llm\.adapter .* runs on llm\.engine = 'transformers' only"):
+        local_engine(LLMSettings(engine="llamacpp", adapter="adapters/squad2"))
+    with pytest.raises(LLMError, match=r"needs a \.gguf file or the packaged default"):
+        local_engine(LLMSettings(engine="llamacpp", model="Qwen/Qwen2.5-1.5B-Instruct"))
+
+
+def test_a_broken_gguf_says_which_file_and_why(tmp_path: Path) -> None:
+    from rag.llamacpp import LlamaCppChatModel
+    from rag.models import resolve_gguf
+
+    good = resolve_gguf("HuggingFaceTB/SmolLM2-135M-Instruct", MODEL_CACHE, "Q4_0")
+    broken = tmp_path / "model.gguf"
+    broken.write_bytes(good.read_bytes()[:1_000_000])  # a download cut short
+    with pytest.raises(LLMError) as raised:
+        LlamaCppChatModel.load(LLMSettings(engine="llamacpp", model=str(broken)), tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"llama.cpp could not load {broken}: ")
+    assert "failed to read" in message, "the cause llama.cpp printed on stderr"
+
+
+def test_the_packaged_model_is_requantized_once_keeping_its_chat_template(tmp_path: Path) -> None:
+    import gguf
+
+    from rag.models import _packaged_gguf, resolve_gguf
+
+    notes: list[str] = []
+    made = resolve_gguf("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path, "Q8_0", notes.append)
+    assert made.parent == tmp_path / "models" and len(notes) == 1
+    assert resolve_gguf("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path, "Q8_0", notes.append) == made
+    assert len(notes) == 1, "once"
+    source = gguf.GGUFReader(_packaged_gguf("HuggingFaceTB/SmolLM2-135M-Instruct"))
+    copy = gguf.GGUFReader(made)
+    template = "tokenizer.chat_template"
+    assert copy.fields[template].contents() == source.fields[template].contents()
+    kinds = {t.name: t.tensor_type.name for t in copy.tensors}
+    assert "Q4_1" not in kinds.values() and "Q8_0" in kinds.values()
+    assert list(kinds) == [t.name for t in source.tensors]
+
+
+@pytest.mark.slow
+def test_rag_ask_on_llamacpp_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path) -> None:
+    """A generation thread inside llama.cpp when Python exits must be stopped, not killed."""
+    env = {
+        **os.environ,
+        "RAG_DATA_DIR": str(sample_kb_dir),
+        "RAG_CACHE_DIR": str(MODEL_CACHE),
+        "RAG_LLM__ENGINE": "llamacpp",
+        "RAG_LLM__TIMEOUT_S": "0.05",
+        "COLUMNS": "400",
+    }
+    ask = [sys.executable, "-m", "rag", "ask", QUESTION, "--kb", "sample"]
+    result = subprocess.run(ask, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "did not finish answering within 0.05 s (llm.timeout_s, the whole answer)" in result.stderr
+    assert "helios-h10-warranty.pdf, p. 2" in result.stdout
