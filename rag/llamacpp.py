@@ -1,9 +1,10 @@
 """The local model on llama.cpp (xllamacpp's prebuilt bindings), in this process.
 
 The same chat model as rag.llm.LocalChatModel to everything above it: LangChain streaming, the
-stop strings, the token limit and the answer's deadline.  On a CPU it reads a RAG prompt and
-writes its answer several times faster than transformers (bench/llm.py), and it runs the packaged
-GGUF as it is instead of a one-minute conversion to fp32.  Written here because langchain's
+stop strings, the token limit and the answer's deadline.  On a CPU it decodes about three
+times as fast as transformers and loads in a third of the time, though it reads a prompt no
+faster (bench/llm.py); it runs the packaged GGUF after a re-quantization of seconds instead of a
+one-minute conversion to fp32.  Written here because langchain's
 llama.cpp wrapper needs llama-cpp-python, which has no binary wheel and compiles for ten minutes.
 
 The bindings also serve the model over HTTP on a random loopback port, which nothing here uses;
@@ -35,7 +36,8 @@ _END = object()
 
 
 def default_threads() -> int:
-    """Half the cores: on 2 busy cores one thread read a prompt 2-4 times faster than two."""
+    """Half the cores: on 2 busy cores two threads decoded several times slower than one
+    (../shared/notes/llamacpp.md), and a second thread for the prompt gained nothing here."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 

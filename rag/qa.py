@@ -199,7 +199,7 @@ class QA:
         if repair:
             answer.answer = without_repeats(answer.answer)
             self._extract_if_no_answer(answer)
-        if answer.extracted and not shown:
+        if not shown and answer.answer:  # held back as a possible echo: the extracted answer, or the text after all
             yield answer.answer
         parsed = prompts.parse_citations(answer.answer, len(answer.context))
         answer.dropped_citations = parsed.dropped
