@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
 
 from rag.config import LLMSettings
-from rag.llm import _ACTIVE, _GENERATING, STOP_STRINGS, LLMError, _as_dicts, _Halt
+from rag.llm import _ACTIVE, _GENERATING, STOP_STRINGS, InProcessChatModel, LLMError, _as_dicts, _Halt
 from rag.models import resolve_gguf
 
 _END = object()
@@ -41,10 +39,8 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-class LlamaCppChatModel(BaseChatModel):
+class LlamaCppChatModel(InProcessChatModel):
     """A GGUF chat model on llama.cpp, with the chat template stored in the file."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model_name: str
     server: Any
@@ -66,16 +62,6 @@ class LlamaCppChatModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "rag-local-llamacpp"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = "".join(str(c.message.content) for c in self._stream(messages, stop, run_manager, **kwargs))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def _stream(
         self,
@@ -139,13 +125,6 @@ class LlamaCppChatModel(BaseChatModel):
         finally:
             _GENERATING.pop(threading.current_thread(), None)
             pieces.put(_END)
-
-    @staticmethod
-    def _emit(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-        if run_manager:
-            run_manager.on_llm_new_token(text, chunk=chunk)
-        return chunk
 
 
 def _message(result: dict[str, Any]) -> str:

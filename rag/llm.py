@@ -285,7 +285,7 @@ def _deadline_stream_type() -> type:
 
 def with_token_limit(chat: BaseChatModel, n: int) -> Any:
     """The same model, limited to `n` new tokens (each backend names the limit its own way)."""
-    return chat.bind(max_new_tokens=n) if chat._llm_type.startswith("rag-local") else chat.bind(max_tokens=n)
+    return chat.bind(max_new_tokens=n) if isinstance(chat, InProcessChatModel) else chat.bind(max_tokens=n)
 
 
 def _as_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -293,14 +293,36 @@ def _as_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
     return [{"role": roles.get(m.type, m.type), "content": str(m.content)} for m in messages]
 
 
-class LocalChatModel(BaseChatModel):
+class InProcessChatModel(BaseChatModel):
+    """What the two local engines share: a whole answer is the streamed one joined, and each piece
+    reaches LangChain's callbacks as it comes."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @staticmethod
+    def _emit(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+        if run_manager:
+            run_manager.on_llm_new_token(text, chunk=chunk)
+        return chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(str(c.message.content) for c in self._stream(messages, stop, run_manager, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+class LocalChatModel(InProcessChatModel):
     """A transformers causal LM in this process, streaming through TextIteratorStreamer.
 
     Written here because langchain-huggingface would pull a second model stack for the same job;
     this is the thin part: chat template in, tokens out.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model_name: str
     hf_model: Any
@@ -331,26 +353,9 @@ class LocalChatModel(BaseChatModel):
             stop_criteria=_stop_criteria(tokenizer, STOP_STRINGS),
         )
 
-    @staticmethod
-    def _emit(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-        if run_manager:
-            run_manager.on_llm_new_token(text, chunk=chunk)
-        return chunk
-
     @property
     def _llm_type(self) -> str:
         return "rag-local-transformers"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = "".join(str(c.message.content) for c in self._stream(messages, stop, run_manager, **kwargs))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def _stream(
         self,

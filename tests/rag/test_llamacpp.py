@@ -4,9 +4,6 @@ stop strings, the token limit, reproducible greedy answers, the deadline, and cl
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,6 @@ import pytest
 from rag.config import LLMSettings
 from rag.llm import Deadline, LLMError, LLMTimeout, local_engine, stream_within, with_token_limit
 from tests.conftest import MODEL_CACHE, REPO, qa_settings
-from tests.rag.test_llm import QUESTION
 from tests.rag.test_llm_deadline import MARGIN_S, join_threads
 
 pytest.importorskip("xllamacpp", reason="the llama.cpp engine needs xllamacpp (make setup installs it)")
@@ -109,21 +105,3 @@ def test_the_packaged_model_is_requantized_once_keeping_its_chat_template(tmp_pa
     kinds = {t.name: t.tensor_type.name for t in copy.tensors}
     assert "Q4_1" not in kinds.values() and "Q8_0" in kinds.values()
     assert list(kinds) == [t.name for t in source.tensors]
-
-
-@pytest.mark.slow
-def test_rag_ask_on_llamacpp_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path) -> None:
-    """A generation thread inside llama.cpp when Python exits must be stopped, not killed."""
-    env = {
-        **os.environ,
-        "RAG_DATA_DIR": str(sample_kb_dir),
-        "RAG_CACHE_DIR": str(MODEL_CACHE),
-        "RAG_LLM__ENGINE": "llamacpp",
-        "RAG_LLM__TIMEOUT_S": "0.05",
-        "COLUMNS": "400",
-    }
-    ask = [sys.executable, "-m", "rag", "ask", QUESTION, "--kb", "sample"]
-    result = subprocess.run(ask, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "did not finish answering within 0.05 s (llm.timeout_s, the whole answer)" in result.stderr
-    assert "helios-h10-warranty.pdf, p. 2" in result.stdout

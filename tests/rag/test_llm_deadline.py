@@ -160,13 +160,15 @@ def test_rag_ask_gives_up_at_the_deadline_exits_1_and_says_why(sample_kb_dir: Pa
 
 
 @pytest.mark.slow
-def test_rag_ask_on_the_local_backend_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path) -> None:
-    """The deadline can pass during the prompt's prefill; Python killing that thread inside torch at
-    exit aborted the process (exit 134).  A real process, since the runner's exit is not the user's."""
+@pytest.mark.parametrize("engine", ["transformers", "llamacpp"])
+def test_rag_ask_on_the_local_backend_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path, engine: str) -> None:
+    """The deadline can pass during the prompt's prefill; Python killing that thread inside torch (or
+    llama.cpp) at exit aborted the process (exit 134).  A real process: the runner's exit is not the user's."""
     env = {
         **os.environ,
         "RAG_DATA_DIR": str(sample_kb_dir),
         "RAG_CACHE_DIR": str(MODEL_CACHE),
+        "RAG_LLM__ENGINE": engine,
         "RAG_LLM__TIMEOUT_S": "0.05",
         "HF_HUB_OFFLINE": "1",
         "COLUMNS": "400",
