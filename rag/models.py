@@ -69,19 +69,15 @@ def resolve_llm(name: str, cache_dir: Path, notify: Callable[[str], None] = lamb
     local = Path(name).expanduser()
     if local.exists():
         return str(local)
-    packaged = _PACKAGED_LLMS.get(name)
-    if packaged is None:
+    if name not in _PACKAGED_LLMS:
         return name
-    module_name, gguf_name, install = packaged
     target = cache_dir / "models" / name.replace("/", "--")
     if (target / "config.json").is_file():
         return str(target)
-    spec = importlib.util.find_spec(module_name)  # locate only: the package's own code needs llama.cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailable(f"chat model {name!r} ships in a package that is not installed: {install}")
-    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
+    source = _packaged_gguf(name)
+    assert source is not None  # a packaged name
     notify(f"converting the packaged {name} (GGUF) into {target}: one time, about a minute")
-    _convert_gguf(gguf_dir, gguf_name, target)
+    _convert_gguf(source.parent, source.name, target)
     return str(target)
 
 
