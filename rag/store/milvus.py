@@ -36,6 +36,9 @@ starts and cleared when done, so the next writer finishes it.  Milvus Lite keeps
 collection, so a kill can keep a document's chunks and lose its catalog row: readers count and
 list only the catalog's chunks, and the next writer after a writer that never closed deletes
 chunks of no document (a server keeps what it acknowledged, whatever happens to the client).
+Lite 3.2.2 also stores every row of a flush twice when a kill falls between the flush's new
+manifest and the removal of its log (the log is replayed over the segment): readers show each
+key once, and that same next writer writes each doubled row again, which leaves one.
 
 Consistency: every read and search is Strong, so a process sees what any process committed
 before it asked.  A reader in the middle of an ingest sees each document as soon as its catalog
@@ -51,9 +54,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -75,6 +79,7 @@ from rag.store.base import (
 from rag.types import Chunk
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SCHEMA_VERSION = 1
 PREFIX = "rag_"
 MAX_VARCHAR = 65_535  # bytes: Milvus's longest VARCHAR
@@ -371,16 +376,20 @@ class MilvusStore(Store):
                 out[row] = found[int(cid)]
         return out
 
-    def _query_all(self, collection: str, expr: str, fields: list[str]) -> list[dict[str, Any]]:
-        """Every row matching `expr`, however many (a plain query stops at 16,384)."""
-        iterator = self._do("query_iterator", collection, filter=expr, output_fields=fields, batch_size=4000)
+    def _query_all(self, collection: str, expr: str, fields: list[str], *, unique: bool = True) -> list[dict[str, Any]]:
+        """Every row matching `expr`, however many (a plain query stops at 16,384), each primary
+        key once: Milvus Lite 3.2.2 returns a row twice after a kill between a flush's manifest
+        and the removal of its log (see `MilvusWriter._repair`); `unique=False` shows them."""
+        key = "chunk_id" if collection == self.chunks_coll else "doc_id"
+        wanted = fields if key in fields else [*fields, key]
+        iterator = self._do("query_iterator", collection, filter=expr, output_fields=wanted, batch_size=4000)
         rows: list[dict[str, Any]] = []
         try:
             while batch := iterator.next():
                 rows += batch
         finally:
             iterator.close()
-        return rows
+        return _first_each(rows, lambda r: r[key]) if unique else rows
 
     # ---- search --------------------------------------------------------------------------------
     def allowed(self, filters: Filters) -> Allowed:
@@ -407,7 +416,7 @@ class MilvusStore(Store):
             search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, k)}},
             output_fields=["doc_id"],  # not every field, which a search returns by default
         )[0]
-        return [(int(h.id), float(h.distance)) for h in hits]
+        return _first_each([(int(h.id), float(h.distance)) for h in hits], lambda hit: hit[0])
 
     def lexical_candidates(self, query: str, k: int, allowed: Allowed | None = None) -> Scored:
         text = encode_tokens(tokenize(query))
@@ -424,7 +433,7 @@ class MilvusStore(Store):
             output_fields=["doc_id"],
         )[0]
         # Lite returns BM25 scores negated, the server as they are: the magnitude is the score.
-        return [(int(h.id), abs(float(h.distance))) for h in hits if h.distance]
+        return _first_each([(int(h.id), abs(float(h.distance))) for h in hits if h.distance], lambda hit: hit[0])
 
     def dense_scores(self, qvec: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         found = self.vectors(ids) @ np.asarray(qvec, dtype=np.float32)
@@ -459,9 +468,27 @@ class MilvusStore(Store):
         """Clients are shared per process (a Lite file opens once); nothing to release per base."""
 
 
+def _first_each(items: list[T], key: Callable[[T], Any]) -> list[T]:
+    """Each key once, where it first comes (a search hit at its best rank): a row Lite holds
+    twice after a kill is one row."""
+    seen: set[Any] = set()
+    out: list[T] = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            out.append(item)
+    return out
+
+
 def _parts(ids: list[int]) -> Iterable[list[int]]:
     for start in range(0, len(ids), _BATCH):
         yield ids[start : start + _BATCH]
+
+
+def _doubled(rows: list[dict[str, Any]], key: str) -> set[int]:
+    """The keys found in more than one row."""
+    counts = Counter(int(r[key]) for r in rows)
+    return {k for k, n in counts.items() if n > 1}
 
 
 def _document(row: dict[str, Any]) -> DocumentInfo:
@@ -496,7 +523,7 @@ class MilvusWriter(StoreWriter):
         self.dirty = False
         self._finish_removals(meta.get("removing") or [])
         if meta.get("writer_open") and is_lite(store.uri):
-            self._delete_orphans()
+            self._repair()
         store._set_meta({"writer_open": True})
 
     def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -614,12 +641,7 @@ class MilvusWriter(StoreWriter):
 
     def _promote(self, gone: DocumentInfo | None, heir: DocumentInfo, heirs: list[DocumentInfo], doc_id: int) -> None:
         """`heir` takes over `doc_id`'s chunks and status; the other duplicates follow it."""
-        fields = ["chunk_id", *_CHUNK_FIELDS[1:], "tokens", "bm25_text", "dense"]
-        rows = self.store._query_all(self.store.chunks_coll, f"doc_id == {doc_id}", fields)
-        for row in rows:
-            row["doc_id"] = heir.doc_id
-        for start in range(0, len(rows), _BATCH):
-            self._do("upsert", self.store.chunks_coll, rows[start : start + _BATCH])
+        self._rewrite_chunks(f"doc_id == {doc_id}", heir.doc_id)
         if gone is not None:
             keep = {f: getattr(heir, f) for f in ("doc_id", "path", "size", "mtime", "added_at")}
             taken = {f: getattr(gone, f) for f in ("sha256", "status", "error", "pages", "chunks", "chunker")}
@@ -634,15 +656,42 @@ class MilvusWriter(StoreWriter):
             self._remove([int(i) for i in pending])
             self.store._set_meta({"removing": []})
 
-    def _delete_orphans(self) -> None:
-        """Chunks whose document has no catalog row: what a killed Lite writer can leave."""
-        cataloged = {d.doc_id for d in self.store._docs("doc_id >= 0")}
-        rows = self.store._query_all(self.store.chunks_coll, "chunk_id >= 0", ["doc_id"])
-        orphans = sorted({int(r["doc_id"]) for r in rows} - cataloged)
+    def _repair(self) -> None:
+        """What a writer killed on Milvus Lite 3.2.2 can leave, undone before anything is written:
+        - chunks whose document has no catalog row (each collection has its own log);
+        - rows stored twice: a kill between a flush's manifest and the removal of its log makes
+          the next open replay the log over the segment it was already flushed to.  Readers show
+          each key once; writing a row again replaces both copies (an upsert deletes every
+          older row of its key)."""
+        docs = self.store._query_all(self.store.docs_coll, "doc_id >= 0", _DOC_FIELDS, unique=False)
+        rows = self.store._query_all(self.store.chunks_coll, "chunk_id >= 0", ["doc_id"], unique=False)
+        orphans = sorted({int(r["doc_id"]) for r in rows} - {int(d["doc_id"]) for d in docs})
         for part in _parts(orphans):
             self._do("delete", self.store.chunks_coll, filter=f"doc_id in {part}")
-        if orphans:
-            log.warning("deleted the chunks of %d documents a killed run left without a catalog row", len(orphans))
+        doubled_docs = _doubled(docs, "doc_id")
+        for row in {int(r["doc_id"]): r for r in docs if int(r["doc_id"]) in doubled_docs}.values():
+            doc = _document(row)
+            self._upsert_doc(**{f: getattr(doc, f) for f in _DOC_FIELDS})
+        orphaned = set(orphans)
+        doubled = sorted(_doubled([r for r in rows if int(r["doc_id"]) not in orphaned], "chunk_id"))
+        for part in _parts(doubled):
+            self._rewrite_chunks(f"chunk_id in {part}")
+        if orphans or doubled_docs or doubled:
+            log.warning(
+                "repaired what a killed run left: chunks of %d documents without a catalog row deleted, "
+                "%d catalog rows and %d chunks stored twice rewritten once",
+                len(orphans), len(doubled_docs), len(doubled),
+            )  # fmt: skip
+
+    def _rewrite_chunks(self, expr: str, doc_id: int | None = None) -> None:
+        """Writes the chunks matching `expr` again, moved to `doc_id` if given."""
+        fields = ["chunk_id", *_CHUNK_FIELDS[1:], "tokens", "bm25_text", "dense"]
+        rows = self.store._query_all(self.store.chunks_coll, expr, fields)
+        for row in rows:
+            if doc_id is not None:
+                row["doc_id"] = doc_id
+        for start in range(0, len(rows), _BATCH):
+            self._do("upsert", self.store.chunks_coll, rows[start : start + _BATCH])
 
     def commit(self) -> int:
         if not self.dirty:

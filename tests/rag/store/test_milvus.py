@@ -147,6 +147,43 @@ def test_chunks_a_killed_writer_left_without_their_catalog_row_are_never_counted
         assert kb.chunk_count() == 2 and kb.meta()["writer_open"] is False
 
 
+def test_rows_lite_stores_twice_after_a_kill_in_a_flush_are_shown_once_and_then_rewritten_once(
+    tmp_path: Path,
+) -> None:
+    """Milvus Lite 3.2.2 flushes in steps: segment, manifest, then the log is deleted.  A kill
+    between the last two leaves the log, and the next open replays it over the segment, so every
+    flushed row comes back twice (seen on CI as a document with each chunk twice).  This writes
+    that state exactly: the logs as they were before a commit's flush, put back after it."""
+    data = tmp_path / "data"
+    settings = load_settings(data_dir=data, store={"backend": "milvus", "uri": "./kb.db"})
+    with create_store(settings, "t", IDENTITY) as kb:
+        writer = kb.writer()  # never closed: the process dies in its commit
+        writer.put_document(
+            path="/a.txt", status="ok", chunks=[chunk("alpha", 0), chunk("beta", 1)], vectors=vectors(2)
+        )
+        logs = {f: f.read_bytes() for f in (data / "kb.db" / "collections").rglob("wal/*") if f.is_file()}
+        assert {f.parent.parent.name for f in logs} == {kb.chunks_coll, kb.docs_coll}
+        writer.commit()
+        assert not any(f.exists() for f in logs), "a flush deletes its log"
+    close_clients()
+    for f, body in logs.items():
+        f.write_bytes(body)
+
+    with open_store(settings, "t") as kb:
+        assert _rows(kb) == 4, "Lite replays the log over the segment it was flushed to"
+        assert [d.path for d in kb.documents()] == ["/a.txt"]
+        assert_store_consistent(kb)
+        assert len(kb.chunk_ids()) == 2
+        hits = [cid for cid, _ in kb.dense_candidates(vectors(1)[0], 10)]
+        assert len(hits) == len(set(hits)) == 2, "a search shows each passage once"
+        with kb.writer():
+            assert _rows(kb) == 2, "the next writer rewrites each doubled row once"
+            raw = kb._query_all(kb.docs_coll, "doc_id >= 0", ["doc_id"], unique=False)
+            assert len(raw) == 1, "and the doubled catalog row"
+        assert_store_consistent(kb)
+        assert [d.path for d in kb.documents()] == ["/a.txt"] and kb.chunk_count() == 2
+
+
 def test_kill_9_during_an_ingest_into_milvus_then_a_rerun_converges(tmp_path: Path) -> None:
     docs = make_corpus(tmp_path / "docs")
     data = tmp_path / "data"
