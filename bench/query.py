@@ -10,7 +10,7 @@ time-to-first-token and tokens/s on a typical RAG prompt (three retrieved passag
 
     .venv/bin/pip install -r bench/requirements.txt        # the baseline only, not a dependency
     HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/query.py \\
-        [--sizes 10000,100000] [--queries 50] [--baseline-queries 3] [--keep DIR]
+        [--sizes 10000,100000] [--queries 50] [--baseline-queries 3] [--keep DIR] [--rerank [MODEL]] [--rerank-only]
 
 Chunks: 40-80-word windows (80-160 characters for Chinese) of the real SciFact, NFCorpus and
 CMRC2018 corpora in ../shared/data, shifted on each pass until there are enough, so BM25 scores
@@ -434,6 +434,53 @@ def report_size(size: int, build_s: float, reused: bool, res: dict) -> dict:
     return row
 
 
+# ---- the reranker -------------------------------------------------------------------------
+RERANK_DEPTHS = (10, 20, 40)
+DEFAULT_RERANKER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def rerank_bench(settings, emb, kb_dir: Path, model: str, queries: list[str]) -> dict:
+    """Hybrid search alone against hybrid search plus the cross-encoder over 10, 20 and 40 fused
+    candidates, interleaved per query like time_modes; the passages are the base's own chunks."""
+    from rag.retrieve import Retriever
+    from rag.store.local import LocalStore
+
+    plain = settings.retrieve
+    with LocalStore.open(kb_dir) as kb:
+        retrievers = {0: Retriever(kb, emb, plain)}
+        for depth in RERANK_DEPTHS:
+            tuned = plain.model_copy(update={"rerank_model": model, "rerank_candidates": depth})
+            retrievers[depth] = Retriever(kb, emb, tuned)
+        shared = retrievers[RERANK_DEPTHS[0]].reranker()  # one model in memory for every depth
+        for depth in RERANK_DEPTHS:
+            retrievers[depth]._reranker = shared
+        order = list(retrievers)
+        for query in queries[:3]:  # warm-up: torch, FAISS, SQLite
+            for r in retrievers.values():
+                r.search(query, top_k=TOP_K)
+        times: dict[int, list[float]] = {d: [] for d in order}
+        for i, query in enumerate(queries):
+            for depth in order[i % len(order) :] + order[: i % len(order)]:
+                started = time.perf_counter()
+                retrievers[depth].search(query, top_k=TOP_K)
+                times[depth].append(time.perf_counter() - started)
+        hits = retrievers[0].search(queries[0], top_k=max(RERANK_DEPTHS)).hits
+        tokenizer = shared.model.tokenizer
+        lengths = [len(tokenizer(queries[0], h.chunk.text)["input_ids"]) for h in hits]
+    return {"model": model, "p": {d: percentiles_ms(t) for d, t in times.items()}, "pair_tokens": median(lengths)}
+
+
+def report_rerank(res: dict) -> None:
+    p = res["p"]
+    print(f"\n=== reranker: {res['model']} (median pair {res['pair_tokens']:.0f} tokens), ms p50/p95 ===")
+    print(f"  hybrid alone: {p[0][0]:.1f}/{p[0][1]:.1f}")
+    for depth in RERANK_DEPTHS:
+        print(
+            f"  + rerank of {depth:>2} candidates: {p[depth][0]:.1f}/{p[depth][1]:.1f}  "
+            f"({p[depth][0] / p[0][0]:.1f}x hybrid alone; the rerank itself {p[depth][0] - p[0][0]:.0f} ms)"
+        )
+
+
 def report_llm(llm: dict) -> None:
     print(f"\n=== LLM: {llm['model']} (local backend, loaded in {llm['load_s']:.1f} s), medians of 3 runs ===")
     print(f"  prompt: {llm['prompt_tokens']} tokens (instructions + 3 BM25-retrieved passages + question), greedy")
@@ -488,6 +535,16 @@ def parse_args() -> argparse.Namespace:
         help="baseline queries at 100k chunks (each takes seconds); proportionally more at smaller sizes",
     )
     parser.add_argument("--keep", type=Path, default=None, help="work in DIR and keep it; bases there are reused")
+    parser.add_argument(
+        "--rerank",
+        nargs="?",
+        const=DEFAULT_RERANKER,
+        default=None,
+        metavar="MODEL",
+        help="also time the cross-encoder at 10/20/40 candidates (default model: the packaged MiniLM-L6, "
+        "the size `rag tune reranker` trains); only this, with --rerank-only",
+    )
+    parser.add_argument("--rerank-only", action="store_true", help="skip the retrieval sizes and the LLM")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one query process
     return parser.parse_args()
 
@@ -519,12 +576,19 @@ def main() -> None:
         f"{settings.retrieve.candidates} candidates per retriever, fusion {settings.retrieve.fusion}"
     )
     try:
+        reranker = _cross_encoder(args.rerank or DEFAULT_RERANKER)
+        if args.rerank_only:
+            kb_dir, _, _ = build_base(settings, emb.identity, f"bench{sizes[0] // 1000}k", texts[: sizes[0]])
+            report_rerank(rerank_bench(settings, emb, kb_dir, reranker, load_queries(args.queries)))
+            return
         rows, bases = [], []
         for size in sizes:
             kb_dir, build_s, reused = build_base(settings, emb.identity, f"bench{size // 1000}k", texts[:size])
             bases.append(kb_dir)
             res = run_child(kb_dir, args.queries, baseline_count(size, args.baseline_queries, args.queries))
             rows.append(report_size(size, build_s, reused, res))
+        if args.rerank:
+            report_rerank(rerank_bench(settings, emb, bases[0], reranker, load_queries(args.queries)))
         llm = llm_bench(settings, emb, bases[0], typical_question())
         report_llm(llm)
         print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
@@ -532,6 +596,14 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _cross_encoder(name: str) -> str:
+    """A folder or hub id CrossEncoder loads; the packaged embedder's folder gets a fresh head (an
+    untrained head costs what a tuned one does)."""
+    from rag.models import resolve_embedder
+
+    return resolve_embedder(name)
 
 
 if __name__ == "__main__":

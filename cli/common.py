@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rag.config import InvalidKBName, Settings
+from rag.reranker import RerankerError
 from rag.store import KBError, KBLocked, KBReadOnly, Store, StoreUnavailable, open_store
 from rag.terminal import printable
 
@@ -38,6 +39,8 @@ class OneLineErrors(typer.core.TyperGroup):
             return super().invoke(ctx)
         except (InvalidKBName, KBError) as exc:
             raise fail(str(exc), exit_code(exc)) from exc
+        except RerankerError as exc:
+            raise fail(str(exc), USAGE_ERROR) from exc
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise fail(f"{exc.strerror or exc}{where}", FAILED) from exc

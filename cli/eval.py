@@ -265,6 +265,14 @@ def answers(
     judge_base_url: Annotated[
         str | None, typer.Option("--judge-base-url", help="the OpenAI-compatible server of the --judge model")
     ] = None,
+    gate_only: Annotated[
+        bool,
+        typer.Option(
+            "--gate-only",
+            help='only the "not found" decision retrieval makes before any model runs (the refusal metrics, '
+            "in seconds); no answer is generated or scored",
+        ),
+    ] = False,
 ) -> None:
     """Score answers on a QA set, one row per model and adapter, with the differences.
 
@@ -276,6 +284,8 @@ def answers(
     from eval.report import write_answer_report
 
     settings = settings_of(ctx)
+    if gate_only and judge:
+        raise fail("--gate-only writes no answers for --judge to grade")
     try:
         items = sample(load_qa(qa_file, split), limit, seed)
     except DatasetError as exc:
@@ -291,7 +301,9 @@ def answers(
         with progress_bar() as bar:
             task = bar.add_task(f"{label}: questions", total=len(items))
             try:
-                per_question = run_answers(qa, items, lambda done, total, t=task: bar.update(t, completed=done))
+                per_question = run_answers(
+                    qa, items, lambda done, total, t=task: bar.update(t, completed=done), generate=not gate_only
+                )
             except AnswerEvalError as exc:
                 raise fail(f"{label}: {exc}", 1) from exc
         runs.append(

@@ -1,5 +1,5 @@
-"""`rag tune data | train` and `rag serve`: knowledge base -> SFT set -> LoRA adapter -> vLLM
-(the work itself is rag.tune's)."""
+"""`rag tune data | train | reranker` and `rag serve`: knowledge base -> SFT set -> LoRA adapter ->
+vLLM, and knowledge base -> tuned cross-encoder (the work itself is rag.tune's)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from cli.common import err, fail, note, open_kb, out, settings_of
 from cli.display import progress_bar
 
 tune_app = typer.Typer(
-    help="LoRA-tune the answering model on a knowledge base: build training data, train an adapter.",
+    help="Tune models on a knowledge base: training data and a LoRA adapter for the answering model, "
+    'or a cross-encoder that reranks and decides "not found".',
     no_args_is_help=True,
 )
 
@@ -221,6 +222,139 @@ def train_cmd(
     out.print(
         f"or serve it: rag serve --adapter {result.adapter.name}={result.adapter}", highlight=False, soft_wrap=True
     )
+
+
+# ---- rag tune reranker ---------------------------------------------------------------------
+DEFAULT_RERANKER_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@tune_app.command("reranker")
+def reranker_cmd(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write, e.g. rerankers/NAME")],
+    qa_file: Annotated[
+        Path | None,
+        typer.Option("--qa", help="QA JSONL with gold_doc_ids (draft one with `rag eval make-qa`)"),
+    ] = None,
+    beir: Annotated[
+        Path | None, typer.Option("--beir", help="a BEIR folder: positives from its qrels (instead of --qa)")
+    ] = None,
+    kb: Annotated[
+        str | None,
+        typer.Option("--kb", help="knowledge base holding the documents (with --beir: the corpus's eval base)"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help='--qa: items whose "split" is this; --beir: the qrels split')
+    ] = None,
+    base: Annotated[
+        str,
+        typer.Option("--base", help="model to start from: a cross-encoder or sentence-transformers folder or hub id"),
+    ] = DEFAULT_RERANKER_BASE,
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="hard negatives per question")] = 7,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
+    validation: Annotated[
+        float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out to calibrate")
+    ] = 0.1,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0)] = 3e-5,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="stop after this many steps")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    max_length: Annotated[int, typer.Option("--max-length", min=16, help="tokens of question + passage")] = 256,
+    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Fine-tune a cross-encoder on a knowledge base: it reorders the passages and, calibrated on
+    held-out questions, decides "not found"; run it again after an interruption to resume.
+
+    Hard negatives are the retriever's own high-ranked passages that are not gold.  Use the
+    result with RAG_RETRIEVE__RERANK_MODEL=<out>."""
+    from eval.datasets import DatasetError, beir_to_qa, load_qa, sample
+    from rag.models import ModelNotAvailable, resolve_embedder
+    from rag.tune.reranker import RerankerConfig, mine, train_reranker
+    from rag.tune.train import TrainError
+
+    if (qa_file is None) == (beir is None):
+        raise fail("give one of --qa QA.jsonl or --beir DIR")
+    settings = settings_of(ctx)
+    settings = settings.model_copy(update={"retrieve": settings.retrieve.model_copy(update={"rerank_model": None})})
+    try:
+        items = load_qa(qa_file, split) if qa_file else beir_to_qa(beir, split or "train", need_answers=False)  # type: ignore[arg-type]
+        path = resolve_embedder(base)
+    except (DatasetError, ModelNotAvailable) as exc:
+        raise fail(str(exc)) from exc
+    items = sample(items, limit, seed)
+    retriever = _mining_retriever(settings, kb, beir)
+    source = {"qa": str(qa_file) if qa_file else None, "beir": str(beir) if beir else None, "split": split}
+    source |= {"kb": getattr(retriever.kb, "name", kb), "limit": limit}
+    started = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task("hard negatives", total=len(items))
+        mined = mine(
+            items,
+            retriever,
+            depth=settings.retrieve.rerank_candidates,
+            validation=validation,
+            seed=seed,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    counts = {s: len(mined.split(s)) for s in ("train", "validation")}
+    note(
+        f"{counts['train']} training and {counts['validation']} validation questions "
+        f"({time.perf_counter() - started:.0f} s)"
+        + (f"; skipped {_reasons(dict(mined.skipped))}" if mined.skipped else "")
+    )
+    config = RerankerConfig(
+        out=out_dir, base=path, base_name=base, negatives=negatives, epochs=epochs, lr=lr, max_steps=max_steps,
+        batch_size=batch_size, max_length=max_length, save_steps=save_steps, seed=seed,
+    )  # fmt: skip
+    progress = _train_progress()
+    try:
+        result = train_reranker(config, mined, source, callbacks=[progress])
+    except TrainError as exc:
+        progress.bar.stop()
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        progress.bar.stop()
+        raise fail(
+            f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
+        ) from exc
+    first, last = result.losses[0][1], result.losses[-1][1]
+    out.print(
+        f"reranker -> {result.out} ({result.steps} steps, {result.train_pairs} training pairs, "
+        f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
+        highlight=False,
+    )
+    out.print(f"training loss {first:.3f} -> {last:.3f}", highlight=False)
+    for epoch, loss in result.validation_losses:
+        out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
+    c = result.calibration
+    out.print(
+        f'"not found" below a best-passage score of {c.threshold:.3f}: on the {c.measured_on} questions it '
+        f"answers {c.discrimination:.2f} more often with an answering passage than without",
+        highlight=False,
+    )
+    out.print(f"use it: RAG_RETRIEVE__RERANK_MODEL={result.out} rag ask ...", highlight=False, soft_wrap=True)
+
+
+def _mining_retriever(settings: Any, kb: str | None, beir: Path | None) -> Any:
+    """The first-stage retriever over `kb`, or over the BEIR corpus's eval base (built now if needed)."""
+    from rag.stack import embedder_for, retriever_for
+
+    if kb is not None or beir is None:
+        return retriever_for(settings, open_kb(settings, kb))
+    from eval.datasets import DatasetError, load_beir
+    from eval.retrieval import corpus_kb
+
+    try:
+        dataset = load_beir(beir, "test") if (beir / "qrels" / "test.tsv").is_file() else None
+    except DatasetError as exc:
+        raise fail(str(exc)) from exc
+    if dataset is None:
+        raise fail(f"{beir}: no qrels/test.tsv to name its eval base by; give --kb")
+    embedder = embedder_for(settings)
+    with err.status(f"the corpus of {beir} as a knowledge base (ingested once) ..."):
+        store, _ = corpus_kb(settings, dataset, embedder)
+    return retriever_for(settings, store, embedder=embedder)
 
 
 # ---- rag serve -----------------------------------------------------------------------------

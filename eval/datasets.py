@@ -297,23 +297,28 @@ def write_qa(items: list[QAItem], path: Path) -> None:
     tmp.replace(path)
 
 
-def beir_to_qa(root: Path, split: str) -> list[QAItem]:
+def beir_to_qa(root: Path, split: str, *, need_answers: bool = True) -> list[QAItem]:
     """A BEIR folder whose `answers.jsonl` holds `{"_id", "answers"}` per query (CMRC2018 as shipped
-    here) as a QA set: gold documents from the qrels, every question answerable."""
+    here) as a QA set: gold documents from the qrels, every question answerable.  Without
+    `need_answers`, a folder with no answers.jsonl (SciFact, NFCorpus) gives its judged queries
+    with their gold documents only (what training a reranker needs)."""
     root = Path(root)
     queries = load_queries(root / "queries.jsonl")
     qrels = load_qrels(root / "qrels" / f"{split}.tsv")
     answers_path = root / "answers.jsonl"
-    answers = {
-        _field(answers_path, n, o, "_id"): _field(answers_path, n, o, "answers", list)
-        for n, o in read_jsonl(answers_path)
-    }
+    answers: dict[str, list] = {}
+    if need_answers or answers_path.is_file():
+        answers = {
+            _field(answers_path, n, o, "_id"): _field(answers_path, n, o, "answers", list)
+            for n, o in read_jsonl(answers_path)
+        }
     items = []
     for qid, text in queries.items():
-        if qid not in qrels or not answers.get(qid):
+        if qid not in qrels or (need_answers and not answers.get(qid)):
             continue
-        golds = list(dict.fromkeys(str(a) for a in answers[qid]))  # annotators often repeat the same span
+        golds = list(dict.fromkeys(str(a) for a in answers.get(qid, [])))  # annotators often repeat a span
         items.append(QAItem(qid, text, golds, sorted(qrels[qid]), True, {"split": split}))
     if not items:
-        raise DatasetError(f"{root}: no query has both qrels/{split}.tsv entries and answers")
+        wanted = f"both qrels/{split}.tsv entries and answers" if need_answers else f"qrels/{split}.tsv entries"
+        raise DatasetError(f"{root}: no query has {wanted}")
     return items

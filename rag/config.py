@@ -175,6 +175,22 @@ class RetrieveSettings(_Section):
     )
     rerank_model: str | None = Field(None, description="cross-encoder (hub id or local folder); off when unset")
     rerank_candidates: int = Field(20, ge=1, description="fused passages the cross-encoder reorders")
+    rerank_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="1: order by the cross-encoder alone; below 1: that weight of its score plus the rest of "
+        "the first stage's fused score (scaled onto [0, 1])",
+    )
+    answer_gate: Literal["auto", "relevance", "reranker", "both"] = Field(
+        "auto",
+        description='what lets a passage reach the LLM (else "not found"): the relevance gate below, the '
+        "reranker's score against answer_threshold, or both; auto: the reranker when it was tuned with "
+        "`rag tune reranker` (it carries a calibrated threshold), else relevance",
+    )
+    answer_threshold: float | None = Field(
+        None, description="the reranker score a passage needs under the reranker gate; unset: the tuned model's own"
+    )
     min_similarity: float = Field(
         0.35, ge=-1, le=1, description="relevance gate: cosine similarity a passage must reach ..."
     )

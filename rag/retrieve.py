@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from rag.config import RetrieveSettings
 from rag.embed import Embedder
 from rag.lexical import language, tokenize
+from rag.reranker import Reranker, RerankerError
 from rag.store import Allowed, Filters, Store
 from rag.types import Chunk
 
@@ -33,6 +33,7 @@ class Hit:
     sources: dict[str, int] = field(default_factory=dict)  # retriever -> 1-based rank
     similarity: float = 0.0  # cosine(query, chunk): comparable across modes, used by the gate
     coverage: float = 0.0  # share of the question's distinct tokens found in the chunk
+    rerank: float | None = None  # the cross-encoder's probability that it answers (when reranked)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Retriever:
         self.kb = kb
         self.embedder = embedder
         self.settings = settings
-        self._reranker: Any = None
+        self._reranker: Reranker | None = None
 
     # ---- public ----------------------------------------------------------------------------
     def search(
@@ -83,7 +84,7 @@ class Retriever:
         if s.rerank_model and hits:
             hits = self._rerank(query, hits)
         hits = hits[:top_k]
-        relevant = [h for h in hits if self._passes(zh, h.similarity, h.coverage)]
+        relevant = [h for h in hits if self._passes(zh, h.similarity, h.coverage, h.rerank)]
         return Retrieval(hits, relevant, query)
 
     def relevant_to(self, hits: list[Hit], query: str) -> list[Hit]:
@@ -92,10 +93,45 @@ class Retriever:
         qvec = self.embedder.encode_queries([query])[0]
         closeness = self._closeness(qvec, query, [h.chunk.chunk_id for h in hits])
         zh = language(query) == "zh"
-        return [h for h in hits if self._passes(zh, *closeness[h.chunk.chunk_id])]
+        scores = [0.0] * len(hits)
+        if self.gate() != "relevance":
+            scores = list(self.reranker().score(query, [h.chunk.text for h in hits]))
+        return [h for h, sc in zip(hits, scores, strict=True) if self._passes(zh, *closeness[h.chunk.chunk_id], sc)]
 
-    def _passes(self, zh: bool, similarity: float, coverage: float) -> bool:
-        """The relevance gate: enough of the question's words, or close enough in meaning."""
+    def gate(self) -> str:
+        """What decides that a passage may answer: "relevance" (words or cosine), "reranker" (a
+        calibrated cross-encoder's score) or "both".  `auto` picks the reranker when it carries a
+        calibration from `rag tune reranker`: on SQuAD 2.0 the relevance gate could not tell an
+        answering paragraph from its on-topic neighbour at all."""
+        s = self.settings
+        if s.answer_gate == "auto":
+            return "reranker" if s.rerank_model and self.answer_threshold() is not None else "relevance"
+        return s.answer_gate
+
+    def answer_threshold(self) -> float | None:
+        """retrieve.answer_threshold, else the calibration saved with the reranker."""
+        if self.settings.answer_threshold is not None:
+            return self.settings.answer_threshold
+        if not self.settings.rerank_model:
+            return None
+        calibration = self.reranker().calibration
+        return calibration.threshold if calibration else None
+
+    def _passes(self, zh: bool, similarity: float, coverage: float, rerank_score: float | None) -> bool:
+        """The gate: enough of the question's words, or close enough in meaning; and/or, with a
+        reranker gate, a cross-encoder score at or above the calibrated threshold."""
+        gate = self.gate()
+        if gate != "relevance":
+            threshold = self.answer_threshold()
+            if threshold is None:
+                raise RerankerError(
+                    f"retrieve.answer_gate = {gate!r} needs retrieve.answer_threshold or a reranker tuned with "
+                    f"`rag tune reranker` ({self.settings.rerank_model!r} carries no calibration)"
+                )
+            if rerank_score is None or rerank_score < threshold:
+                return False
+            if gate == "reranker":
+                return True
         s = self.settings
         threshold = s.min_similarity_zh if zh else s.min_similarity
         return coverage >= s.min_coverage or (threshold is not None and similarity >= threshold)
@@ -170,23 +206,35 @@ class Retriever:
         q_tokens = {t for t in tokenize(query) if t}
         return {cid: (sims.get(cid, 0.0), _coverage(q_tokens, set(stored.get(cid, ())))) for cid in ids}
 
-    def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+    def reranker(self) -> Reranker:
         if self._reranker is None:
-            self._reranker = load_reranker(self.settings.rerank_model)
-        scores = self._reranker.predict([(query, h.chunk.text) for h in hits], show_progress_bar=False)
-        order = np.argsort(-np.asarray(scores), kind="stable")
+            if not self.settings.rerank_model:
+                raise RerankerError("no reranker: set retrieve.rerank_model")
+            self._reranker = Reranker.load(self.settings.rerank_model)
+        return self._reranker
+
+    def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """Reordered by the cross-encoder's probability, or, with rerank_weight below 1, by that
+        weight of it plus the rest of the first stage's fused score scaled onto [0, 1] (a small
+        tuned reranker can know the domain and still miss what the first stage was sure of)."""
+        probs = self.reranker().score(query, [h.chunk.text for h in hits])
+        w = self.settings.rerank_weight
+        order_by = probs.astype(np.float64)
+        if w < 1:
+            first = np.array([h.score for h in hits], dtype=np.float64)
+            order_by = w * order_by + (1 - w) * _normalize(first, first, "minmax")
+        order = np.argsort(-order_by, kind="stable")
         return [
-            Hit(hits[i].chunk, float(scores[i]), {**hits[i].sources, "rerank": r}, hits[i].similarity, hits[i].coverage)
+            Hit(
+                hits[i].chunk,
+                float(order_by[i]),
+                {**hits[i].sources, "rerank": r},
+                hits[i].similarity,
+                hits[i].coverage,
+                float(probs[i]),
+            )
             for r, i in enumerate(order, start=1)
         ]
-
-
-def load_reranker(name: str):
-    try:
-        from sentence_transformers import CrossEncoder
-    except ImportError as exc:  # pragma: no cover - sentence-transformers is a core dependency
-        raise RuntimeError("the reranker needs sentence-transformers: pip install sentence-transformers") from exc
-    return CrossEncoder(name, device="cpu")
 
 
 def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:

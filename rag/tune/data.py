@@ -119,7 +119,7 @@ def build_examples(
     """
     rng = random.Random(seed)
     golds = GoldIndex(retriever.kb)
-    held_out = _validation_ids([it.id for it in items], validation, seed)
+    held_out = validation_ids([it.id for it in items], validation, seed)
     result = BuildResult([])
     for i, item in enumerate(items, start=1):
         split = "validation" if item.id in held_out else "train"
@@ -212,7 +212,7 @@ def _example(
     return Example(f"{item.id}{suffix}", item.id, kind, split, messages, numbers)
 
 
-def _validation_ids(ids: Sequence[str], share: float, seed: int) -> set[str]:
+def validation_ids(ids: Sequence[str], share: float, seed: int) -> set[str]:
     if share <= 0 or len(ids) < 2:
         return set()
     n = min(len(ids) - 1, max(1, round(share * len(ids))))

@@ -260,10 +260,14 @@ def _check_rank(rank: int) -> None:
 
 
 def _prepare_output(config: TrainConfig, checkpoints: Path, data_digest: str) -> Path | None:
-    """The checkpoint to resume from, if any; refuses to mix runs or overwrite a finished adapter."""
-    out = Path(config.out)
+    return prepare_checkpoints(Path(config.out), config.fingerprint(data_digest), "adapter_config.json", "adapter")
+
+
+def prepare_checkpoints(out: Path, fingerprint: dict[str, Any], finished: str, what: str) -> Path | None:
+    """The checkpoint in <out>/checkpoints to resume from, if any; refuses to mix runs, or to
+    overwrite a finished model (one whose `finished` file is in `out`)."""
+    checkpoints = out / "checkpoints"
     run_file = checkpoints / RUN_FILE
-    fingerprint = config.fingerprint(data_digest)
     found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
     if found and run_file.is_file():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
@@ -274,8 +278,8 @@ def _prepare_output(config: TrainConfig, checkpoints: Path, data_digest: str) ->
                 f"delete that folder to start over, or train into another --out"
             )
         return found[-1]
-    if (out / "adapter_config.json").is_file():
-        raise TrainError(f"{out} already holds a trained adapter; choose another --out or delete it first")
+    if (out / finished).is_file():
+        raise TrainError(f"{out} already holds a trained {what}; choose another --out or delete it first")
     checkpoints.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
     return None

@@ -155,6 +155,27 @@ def test_convert_then_answer_with_the_local_model(run, tmp_path: Path) -> None:
     assert f"judge_accuracy graded by {JUDGE}" in (tmp_path / "ans" / "report.md").read_text()
 
 
+def test_gate_only_scores_the_not_found_decision_without_generating(run, tmp_path: Path) -> None:
+    assert run("ingest", str(SAMPLES), "--kb", "sample").exit_code == 0
+    qa = tmp_path / "qa.jsonl"
+    rows = [
+        {"id": "w", "question": "How long is the battery module covered by the warranty?", "answers": ["10 years"]},
+        {"id": "x", "question": "Who won the 1998 football world cup?", "answers": [], "answerable": False},
+    ]
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "gate"
+    result = run("eval", "answers", "--qa", str(qa), "--kb", "sample", "--gate-only", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "report.json").read_text())["runs"][0]["metrics"]
+    assert metrics["not_found_accuracy"] == 1.0 and metrics["false_not_found"] == 0.0
+    assert metrics["refusal_discrimination"] == 1.0
+    assert metrics["exact_match"] is None and metrics["contains"] is None, "no answer was written to score"
+    per_question = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert [(r["id"], r["not_found"], r["prediction"]) for r in per_question] == [("w", False, ""), ("x", True, "")]
+    refused = run("eval", "answers", "--qa", str(qa), "--kb", "sample", "--gate-only", "--judge", JUDGE)
+    assert refused.exit_code == 2 and "--gate-only writes no answers" in refused.output
+
+
 def test_a_judge_that_cannot_be_reached_stops_the_run_before_any_answer(run, tmp_path: Path) -> None:
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"id": "1", "question": "Why?", "answers": ["because"]}) + "\n")

@@ -12,6 +12,7 @@ import pytest
 
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.config import RetrieveSettings
+from rag.reranker import RerankerError
 from rag.retrieve import Filters, Retriever, fuse
 from rag.store.dense import dead_count
 from rag.store.local import LocalStore
@@ -195,6 +196,32 @@ def test_reranker_reorders_the_fused_list_by_its_scores(sample_kb_dir, embedder,
         assert [h.sources["rerank"] for h in hits] == [1, 2, 3, 4]
         expected = CrossEncoder(str(tiny_cross_encoder)).predict([(query, h.chunk.text) for h in hits])
         assert [h.score for h in hits] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
+        assert [h.rerank for h in hits] == [h.score for h in hits]
+        first_stage = Retriever(kb, embedder, RetrieveSettings(top_k=4)).search(query).hits
+        weight0 = settings.model_copy(update={"rerank_weight": 0.0})
+        kept = Retriever(kb, embedder, weight0).search(query).hits
+        assert [h.chunk.chunk_id for h in kept] == [h.chunk.chunk_id for h in first_stage], "weight 0: first stage"
+        assert all(h.rerank is not None and 0 < h.rerank < 1 for h in kept), "its probabilities still kept"
+
+
+def test_the_answer_gate_uses_the_rerankers_score_only_when_asked_or_calibrated(
+    sample_kb_dir, embedder, tiny_cross_encoder
+) -> None:
+    query = "How long is the battery module under warranty?"
+    rerank = {"rerank_model": str(tiny_cross_encoder), "rerank_candidates": 6, "top_k": 4}
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
+
+        def relevant(**gate) -> list[int]:
+            found = Retriever(kb, embedder, RetrieveSettings(**rerank, **gate)).search(query)
+            return [h.chunk.chunk_id for h in found.relevant]
+
+        by_relevance = relevant(answer_gate="relevance")
+        assert by_relevance and relevant() == by_relevance, "auto: an uncalibrated reranker does not gate"
+        with pytest.raises(RerankerError, match="rag tune reranker"):
+            relevant(answer_gate="reranker")
+        assert relevant(answer_gate="reranker", answer_threshold=2.0) == [], "no score reaches it: not found"
+        assert len(relevant(answer_gate="reranker", answer_threshold=-1.0)) == 4
+        assert relevant(answer_gate="both", answer_threshold=-1.0) == by_relevance
 
 
 def test_langchain_retriever_returns_documents_with_citation_metadata(sample_kb_dir, embedder) -> None:
