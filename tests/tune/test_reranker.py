@@ -110,7 +110,7 @@ def test_a_short_training_lowers_the_loss_saves_a_calibrated_model_that_reloads_
 
 
 def test_rag_tune_reranker_then_rag_ask_says_not_found_for_an_on_topic_passage_without_the_answer(
-    pumps: Path, tmp_path: Path
+    pumps: Path, embedder, tmp_path: Path
 ) -> None:
     out = tmp_path / "rerankers" / "pumps"
     args = ["--kb", "pumps", "--qa", str(pumps.parent / "qa.jsonl"), "--out", str(out), "--max-length", "64"]
@@ -121,8 +121,7 @@ def test_rag_tune_reranker_then_rag_ask_says_not_found_for_an_on_topic_passage_w
     assert calibration is not None and calibration.discrimination >= 0.5, calibration
 
     colour, service = "What colour is pump P22 painted?", "How often does pump P22 need service?"
-    before = rag("ask", "--kb", "pumps", "--json", colour, data=pumps, RAG_LLM__MAX_NEW_TOKENS="8")
-    assert json.loads(before.out)["found"], "the relevance gate lets the on-topic passage through"
+    assert _retriever(pumps, embedder).search(colour).found, "the relevance gate lets the on-topic passage through"
     tuned = {"RAG_RETRIEVE__RERANK_MODEL": str(out), "RAG_LLM__MAX_NEW_TOKENS": "8"}
     refused = rag("ask", "--kb", "pumps", "--json", colour, data=pumps, **tuned)
     assert refused.code == 0 and json.loads(refused.out)["found"] is False, refused.text
