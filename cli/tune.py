@@ -142,6 +142,29 @@ def _train_progress() -> Any:
     return TrainProgress()
 
 
+def _with_progress(run: Any, out_dir: Path, errors: tuple[type[Exception], ...]) -> Any:
+    """`run(callbacks)` under a training progress bar; its errors, and Ctrl-C (which leaves
+    checkpoints to resume from), end the command with one line."""
+    progress = _train_progress()
+    try:
+        return run([progress])
+    except errors as exc:
+        progress.bar.stop()
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        progress.bar.stop()
+        raise fail(
+            f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
+        ) from exc
+
+
+def _print_losses(result: Any) -> None:
+    first, last = result.losses[0][1], result.losses[-1][1]
+    out.print(f"training loss {first:.3f} -> {last:.3f}", highlight=False)
+    for epoch, loss in result.validation_losses:
+        out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
+
+
 @tune_app.command("train")
 def train_cmd(
     ctx: typer.Context,
@@ -195,27 +218,14 @@ def train_cmd(
         save_steps=save_steps,
         seed=seed,
     )
-    progress = _train_progress()
-    try:
-        result = train(config, callbacks=[progress])
-    except (TrainError, SFTDataError) as exc:
-        progress.bar.stop()
-        raise fail(str(exc)) from exc
-    except KeyboardInterrupt as exc:
-        progress.bar.stop()
-        raise fail(
-            f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
-        ) from exc
-    first, last = result.losses[0][1], result.losses[-1][1]
+    result = _with_progress(lambda callbacks: train(config, callbacks=callbacks), out_dir, (TrainError, SFTDataError))
     out.print(
         f"adapter -> {result.adapter} ({result.steps} steps of {batch_size * grad_accum} examples, "
         f"{result.train_examples} in the training set, "
         f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
         highlight=False,
     )
-    out.print(f"training loss {first:.3f} -> {last:.3f}", highlight=False)
-    for epoch, loss in result.validation_losses:
-        out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
+    _print_losses(result)
     if result.skipped_too_long:
         out.print(f"[yellow]{result.skipped_too_long} example(s) longer than --max-length {max_length} were skipped")
     out.print(f"use it in-process: RAG_LLM__ADAPTER={result.adapter} rag ask ...", highlight=False, soft_wrap=True)
@@ -307,26 +317,13 @@ def reranker_cmd(
         out=out_dir, base=path, base_name=base, negatives=negatives, epochs=epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, save_steps=save_steps, seed=seed,
     )  # fmt: skip
-    progress = _train_progress()
-    try:
-        result = train_reranker(config, mined, source, callbacks=[progress])
-    except TrainError as exc:
-        progress.bar.stop()
-        raise fail(str(exc)) from exc
-    except KeyboardInterrupt as exc:
-        progress.bar.stop()
-        raise fail(
-            f"interrupted; checkpoints are in {out_dir / 'checkpoints'}: run the same command to resume", 1
-        ) from exc
-    first, last = result.losses[0][1], result.losses[-1][1]
+    result = _with_progress(lambda callbacks: train_reranker(config, mined, source, callbacks), out_dir, (TrainError,))
     out.print(
         f"reranker -> {result.out} ({result.steps} steps, {result.train_pairs} training pairs, "
         f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
         highlight=False,
     )
-    out.print(f"training loss {first:.3f} -> {last:.3f}", highlight=False)
-    for epoch, loss in result.validation_losses:
-        out.print(f"validation loss after epoch {epoch:g}: {loss:.4f}", highlight=False)
+    _print_losses(result)
     c = result.calibration
     out.print(
         f'"not found" below a best-passage score of {c.threshold:.3f}: on the {c.measured_on} questions it '

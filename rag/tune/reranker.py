@@ -38,7 +38,7 @@ from eval.datasets import QAItem
 from rag.reranker import Calibration, Reranker, write_calibration
 from rag.retrieve import Retriever
 from rag.tune.data import GoldIndex, validation_ids
-from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints
+from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints, training_arguments
 
 POSITIVE, NEGATIVE, UNLABELLED = 1, 0, -1
 
@@ -264,29 +264,8 @@ def _bce(outputs: Any, labels: Any, pos_weight: Any) -> Any:
 
 
 def _arguments(config: RerankerConfig, checkpoints: Path, validate: bool) -> Any:
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        learning_rate=config.lr,
-        warmup_steps=config.warmup,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size * 2,
-        logging_steps=1,
-        eval_strategy="epoch" if validate else "no",
-        prediction_loss_only=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        seed=config.seed,
-        data_seed=config.seed,
-        use_cpu=True,
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+    return training_arguments(
+        config, checkpoints, validate, per_device_eval_batch_size=config.batch_size * 2, use_cpu=True
     )
 
 

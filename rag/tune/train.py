@@ -316,33 +316,45 @@ def _forward_params(model: Any) -> set[str]:
 
 
 def _arguments(config: TrainConfig, checkpoints: Path, validate: bool, on_gpu: bool, bf16: bool) -> Any:
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        learning_rate=config.lr,
-        warmup_steps=config.warmup,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+    return training_arguments(
+        config,
+        checkpoints,
+        validate,
         gradient_accumulation_steps=config.grad_accum,
         train_sampling_strategy="group_by_length" if config.batch_size > 1 else "random",
-        logging_steps=1,
-        eval_strategy="epoch" if validate else "no",
-        prediction_loss_only=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        seed=config.seed,
-        data_seed=config.seed,
         use_cpu=not on_gpu,
         bf16=bf16,
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
+
+
+def training_arguments(config: Any, checkpoints: Path, validate: bool, **overrides: Any) -> Any:
+    """The Trainer settings every `rag tune` run shares: `config`'s epochs, steps, rate, warmup,
+    batch, checkpoint interval and seed; a log line per step; a validation loss per epoch; one
+    checkpoint kept; no reporting services, no tqdm (callers draw their own bar)."""
+    from transformers import TrainingArguments
+
+    settings: dict[str, Any] = {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps or -1,
+        "learning_rate": config.lr,
+        "warmup_steps": config.warmup,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "logging_steps": 1,
+        "eval_strategy": "epoch" if validate else "no",
+        "prediction_loss_only": True,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 1,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "remove_unused_columns": False,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+    return TrainingArguments(**(settings | overrides))
 
 
 def save_adapter(model: Any, config: TrainConfig, result: TrainResult, data_digest: str) -> None:
