@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,7 @@ class Calibration:
     measured_on: str  # "validation" or "train" (a set too small to hold questions out)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "candidates": self.candidates,
-            "discrimination": self.discrimination,
-            "measured_on": self.measured_on,
-        }
+        return asdict(self)
 
 
 def read_calibration(folder: str | Path) -> Calibration | None:
