@@ -1,7 +1,12 @@
 """Ingest benchmark: pipeline throughput against the bare model's encode throughput, measured in
 the same run on the same chunks; re-run time on an unchanged corpus; peak memory of an ingest.
 
-    .venv/bin/python bench/ingest.py [--limit N] [--keep DIR] [--store local|milvus]
+    .venv/bin/python bench/ingest.py [--limit N] [--keep DIR] [--store local|milvus] [--ray]
+
+--ray adds ingests of the same corpus on a local Ray runtime with 1 and 2 embedding actors, as
+ratios against the plain ingest, and the measurements behind a model of throughput on N
+machines: the embedding rate, Ray's efficiency, and the driver's bounds (its own CPU share,
+hashing and diffing, and the store's write rate).
 
 Corpus: BEIR SciFact (5,183 abstracts) written out as .txt files, plus the real PDFs in
 ../shared/data/docs.  Targets: ratio >= 0.9, re-run < 2 s for 5,000 documents, peak < 2 GiB.
@@ -24,7 +29,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 # Runs in a child process so its peak RSS is the ingest's own, model included.
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
 from rag.config import load_settings
 from rag.embed import Embedder
@@ -34,12 +39,18 @@ settings = load_settings()
 embedder = Embedder(settings.embed)
 load_started = time.perf_counter()
 embedder.model  # load before timing: the bare-encode baseline does not count loading either
+if settings.ingest.ray:  # the runtime's start-up is timed apart, like the model's loading
+    from ingest.cluster import connect
+    connect(settings.ingest)
 load_s = time.perf_counter() - load_started
-with open_for_ingest(settings, "bench", embedder) as kb:
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # this process's, not Ray's workers'
+cpu_before = cpu()
+with open_for_ingest(settings, sys.argv[2] if len(sys.argv) > 2 else "bench", embedder) as kb:
     report = IngestPipeline(settings, embedder, kb).run([Path(sys.argv[1])])
 print(json.dumps({
     "chunks": report.chunks_written, "seconds": report.seconds, "added": report.added,
     "unchanged": report.unchanged, "failed": report.failed, "empty": report.empty, "load_s": load_s,
+    "cpu_s": cpu() - cpu_before,
     # VmHWM, this process's own peak: ru_maxrss would carry the forking parent's.
     "max_rss_kib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]),
 }))
@@ -63,6 +74,31 @@ model.encode(texts[:64], batch_size=settings.embed.batch_size)  # warm-up
 started = time.perf_counter()
 model.encode(texts, batch_size=settings.embed.batch_size, normalize_embeddings=True)
 print(json.dumps({"chunks": len(texts), "seconds": time.perf_counter() - started}))
+"""
+
+
+# The driver's own bounds: examining every file as for a first ingest (stat, read, hash), and the
+# store's write rate (a copy of the base: it reads the source too, so a lower bound).
+BOUNDS = r"""
+import json, sys, time
+from pathlib import Path
+from ingest.pipeline import IngestPipeline, discover
+from rag.config import load_settings
+from rag.embed import Embedder
+from rag.store import open_store
+from rag.store.copy import copy_base
+
+settings = load_settings()
+files = discover([Path(sys.argv[1])])[0]
+with open_store(settings, "bench") as kb:
+    pipe = IngestPipeline(settings, Embedder(settings.embed), kb)  # examine() never loads the model
+    started = time.perf_counter()
+    for path in files:
+        pipe.examine(path, None)
+    hash_s = time.perf_counter() - started
+started = time.perf_counter()
+copy_base(settings, "bench", "bench-copy")
+print(json.dumps({"hash_s": hash_s, "copy_s": time.perf_counter() - started}))
 """
 
 
@@ -93,11 +129,45 @@ def run_json(code: str, *args: str, env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def ray_bench(docs: Path, env: dict[str, str], plain: dict) -> None:
+    """The same corpus on a local Ray runtime, with 1 and 2 embedding actors, against the plain
+    ingest of this run; then what bounds it on N machines."""
+    plain_rate = plain["chunks"] / plain["seconds"]
+    cores = os.cpu_count() or 1
+    runs = {}
+    for actors in (1, 2):
+        ray_env = {**env, "RAG_INGEST__RAY": "local", "RAG_INGEST__RAY_EMBEDDERS": str(actors)}
+        ray_env["RAG_INGEST__RAY_CPUS"] = str(max(cores, actors + 1))  # a CPU for parsing beside the actors
+        got = runs[actors] = run_json(CHILD, str(docs), f"bench-ray{actors}", env=ray_env)
+        assert got["chunks"] == plain["chunks"], (got, plain)
+        rate = got["chunks"] / got["seconds"]
+        print(
+            f"ray, {actors} embedding actor(s): {got['chunks']} chunks in {got['seconds']:.1f} s = {rate:.1f} chunks/s "
+            f"(start-up and model load {got['load_s']:.1f} s, not counted); RATIO ray/plain: {rate / plain_rate:.3f}"
+        )
+    best = max(runs.values(), key=lambda r: r["chunks"] / r["seconds"])
+    ray_rate = best["chunks"] / best["seconds"]
+    driver_share = best["cpu_s"] / best["seconds"] / cores  # of one machine like this one
+    bounds = run_json(BOUNDS, str(docs), env=env)
+    hash_rate = plain["chunks"] / bounds["hash_s"]
+    write_rate = plain["chunks"] / bounds["copy_s"]
+    print(
+        f"bounds: Ray here {ray_rate:.1f} chunks/s with the driver taking {driver_share:.0%} of this machine's "
+        f"{cores} cores; the driver hashes {hash_rate:,.0f} chunks/s worth of files; the store writes "
+        f">= {write_rate:,.0f} chunks/s"
+    )
+    print("model: chunks/s on N machines like this ~ min(ray x (N - driver) / (1 - driver), hashing, store writes)")
+    for n in (1, 2, 4, 8, 16, 32, 64):
+        predicted = min(ray_rate * (n - driver_share) / (1 - driver_share), hash_rate, write_rate)
+        print(f"  N = {n:>2}: {predicted:>8,.0f} chunks/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="only the first N SciFact documents")
     parser.add_argument("--keep", type=Path, default=None, help="work in DIR and keep it (default: a temp dir)")
     parser.add_argument("--store", choices=["local", "milvus"], default="local", help="the store to ingest into")
+    parser.add_argument("--ray", action="store_true", help="also ingest on a local Ray runtime (1 and 2 actors)")
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="rag-bench-"))
@@ -149,6 +219,8 @@ def main() -> None:
     with open_store(load_settings(data_dir=data, store={"backend": args.store}), "bench") as kb:
         statuses = dict(Counter(d.status for d in kb.documents()))
     print(f"documents by status: {statuses}")
+    if args.ray:
+        ray_bench(docs, env, first)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

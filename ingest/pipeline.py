@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -81,8 +82,9 @@ class IngestReport:
 
 
 @dataclass
-class _Prepared:
-    """What the reader thread found out about one file, without touching the database."""
+class Prepared:
+    """What was found out about one file (by the reader thread or a Ray worker), without touching
+    the database."""
 
     path: str
     existing: DocumentInfo | None
@@ -95,10 +97,18 @@ class _Prepared:
     tokens: list[str] = field(default_factory=list)
     problem: Problem | None = None
     note: str | None = None  # stored as the document's error: pages of it that could not be read
+    vectors: np.ndarray | None = None  # already embedded (on a Ray cluster); else embedded in a batch here
 
     @property
     def stat(self) -> dict[str, object]:
         return {"size": self.size, "mtime": self.mtime, "sha256": self.sha256}
+
+
+class Source(Protocol):
+    """Prepared files, in order, for the writer: the reader thread here or a Ray cluster."""
+
+    def __iter__(self) -> Iterator[Prepared]: ...
+    def stop(self) -> None: ...
 
 
 class Progress:
@@ -176,18 +186,20 @@ def _under(path: str, roots: list[Path]) -> bool:
     return any(path == document_key(r) or path.startswith(document_key(r) + os.sep) for r in roots)
 
 
-class IngestPipeline:
-    def __init__(self, settings: Settings, embedder: Embedder, kb: Store) -> None:
+class FileParser:
+    """load -> chunk -> BM25 tokens for one file's bytes: the part of an ingest that needs no
+    knowledge base, so the same code runs in the reader thread here and in a Ray task
+    (ingest/cluster.py).  `max_text_bytes`/`backend`: the longest chunk the store holds."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, max_text_bytes: int | None, backend: str) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.kb = kb
-        self.fingerprint = chunker_fingerprint(settings.chunk)
-        self._chunker: Chunker | None = None
-        self.progress = Progress()
-        self.max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
+        self.max_text_bytes = max_text_bytes
+        self.backend = backend
         self.limits = ArchiveLimits.from_settings(settings.ingest)
         self.ocr = OcrSettings.from_settings(settings.ingest)
-        self.embed_rate: float | None = None  # chunks/s, once measured in this run
+        self.progress = Progress()
+        self._chunker: Chunker | None = None
 
     @property
     def chunker(self) -> Chunker:
@@ -197,9 +209,88 @@ class IngestPipeline:
             # reader thread (chunking) and the embedder (which resets its truncation state).
             tokenizer = copy.deepcopy(self.embedder.tokenizer)
             self._chunker = Chunker(self.settings.chunk, tokenizer, self.embedder.max_tokens)
-            identity = self.embedder.identity
-            self.kb.check_embedder(identity.name, identity.normalize, identity.dimension)
         return self._chunker
+
+    def parse(self, found: Prepared, path: Path, data: bytes) -> Prepared:
+        """The file's chunks and BM25 tokens, or why it has none (found.kind = "problem")."""
+        key, existing = found.path, found.existing
+        try:
+            pages = load_file(
+                path,
+                data,
+                self.limits,
+                self.ocr,
+                progress=lambda done, total: self.progress.working(key, "ocr", done, total),
+            )
+        except LoadError as exc:
+            return mark_problem(key, existing, exc.status, str(exc), found)
+        except MemoryError:
+            limit = self.settings.ingest.worker_memory_mb
+            cap = f" (the ingest worker's limit, ingest.worker_memory_mb = {limit:g})" if limit else ""
+            return mark_problem(key, existing, "failed", f"ran out of memory while parsing it{cap}", found)
+        except Exception as exc:  # a parser bug on one odd file must not stop the run
+            reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
+            return mark_problem(key, existing, "failed", reason, found)
+        found.pages = len(pages)
+        found.note = unread_pages(pages)
+        chunker = self.chunker
+        found.chunks = chunker.split_pages(
+            pages, progress=lambda done, total: self.progress.working(key, "chunking", done, total)
+        )
+        if not found.chunks:
+            return mark_problem(key, existing, "empty", "no text found", found)
+        too_long = self._too_long(found.chunks)
+        if too_long:
+            found.chunks = []
+            return mark_problem(key, existing, "failed", too_long, found)
+        limit = self.settings.ingest.max_chunks_per_file
+        if limit is None or len(found.chunks) <= limit:  # one that is refused is not worth tokenizing
+            found.tokens = [" ".join(tokenize(self.indexed(c))) for c in found.chunks]  # BM25's, off the main thread
+        return found
+
+    def indexed(self, chunk: Chunk) -> str:
+        """What the embedder and BM25 see of a chunk: with its title and heading (chunk.context)."""
+        return indexed_text(chunk) if self.settings.chunk.context else chunk.text
+
+    def _too_long(self, chunks: list[Chunk]) -> str | None:
+        """Why the store cannot hold these chunks (Milvus keeps at most 64 KB of text in one)."""
+        limit = self.max_text_bytes
+        longest = max((len(c.text.encode()) for c in chunks), default=0) if limit else 0
+        if not limit or longest <= limit:
+            return None
+        return (
+            f"a chunk of {longest:,} bytes is longer than the {self.backend} store holds ({limit:,}); "
+            "use chunk.method = 'recursive' (the default) for files this long"
+        )
+
+
+class IngestPipeline:
+    def __init__(self, settings: Settings, embedder: Embedder, kb: Store) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.kb = kb
+        self.fingerprint = chunker_fingerprint(settings.chunk)
+        self.parser = FileParser(settings, embedder, kb.max_text_bytes, kb.backend)
+        self._checked = False
+        self.max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
+        self.embed_rate: float | None = None  # chunks/s, once measured in this run
+
+    @property
+    def progress(self) -> Progress:
+        return self.parser.progress
+
+    @progress.setter
+    def progress(self, progress: Progress) -> None:
+        self.parser.progress = progress
+
+    def check_model(self) -> None:
+        """Before the first file is parsed here: the model is loaded (for its tokenizer) and the
+        base is checked against it, dimension included."""
+        if not self._checked:
+            self._checked = True
+            self.parser.chunker  # noqa: B018 -- loads the model, saying so
+            identity = self.parser.embedder.identity
+            self.kb.check_embedder(identity.name, identity.normalize, identity.dimension)
 
     def run(
         self,
@@ -248,7 +339,7 @@ class IngestPipeline:
             run = _Run(self, writer, report, progress)
             for problem in problems:  # paths that do not exist: reported, not recorded
                 run.report_problem(problem)
-            reader = _Reader(self, files, known)
+            reader = self._source(files, known)
             try:
                 for prepared in reader:
                     run.apply(prepared)
@@ -266,79 +357,52 @@ class IngestPipeline:
                 reader.stop()
             return writer.commit()
 
-    def prepare(self, path: Path, existing: DocumentInfo | None) -> _Prepared:
+    def _source(self, files: list[Path], known: dict[str, DocumentInfo]) -> Source:
+        """Where prepared files come from: the reader thread here, or a Ray cluster (ingest.ray)."""
+        if self.settings.ingest.ray:
+            from ingest.cluster import ClusterSource
+
+            return ClusterSource(self, files, known)
+        return _Reader(self, files, known)
+
+    def prepare(self, path: Path, existing: DocumentInfo | None) -> Prepared:
         """stat -> (skip if unchanged) -> read -> hash -> load -> chunk.  Pure: runs in the reader
         thread, so parsing the next files overlaps with embedding the previous ones."""
+        found, data = self.examine(path, existing)
+        if data is None:
+            return found
+        self.check_model()
+        return self.parser.parse(found, path, data)
+
+    def examine(self, path: Path, existing: DocumentInfo | None) -> tuple[Prepared, bytes | None]:
+        """What a file is to the base: unchanged (by size and time, never read), touched (same
+        bytes), a problem, or new content (kind "content", hashed) with its bytes to parse."""
         key = document_key(path)
         self.progress.working(key, "reading", 0, 0)
         try:
             st = path.stat()
         except OSError as exc:
-            return _problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}")
+            return mark_problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}"), None
         fresh = existing is not None and existing.status != "failed" and existing.chunker == self.fingerprint
         if fresh and existing.size == st.st_size and existing.mtime == st.st_mtime:
-            return _Prepared(key, existing, "unchanged")
-        found = _Prepared(key, existing, "content", size=st.st_size, mtime=st.st_mtime)
+            return Prepared(key, existing, "unchanged"), None
+        found = Prepared(key, existing, "content", size=st.st_size, mtime=st.st_mtime)
         if st.st_size > self.max_bytes:
             limit = self.settings.ingest.max_file_mb
             reason = f"{st.st_size / 2**20:.0f} MB is over ingest.max_file_mb ({limit:g}); raise it to ingest this file"
-            return _problem(key, existing, "failed", reason, found)
+            return mark_problem(key, existing, "failed", reason, found), None
         try:
             data = path.read_bytes()
         except OSError as exc:
-            return _problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}", found)
+            return mark_problem(key, existing, "failed", f"cannot read: {exc.strerror or exc}", found), None
         found.sha256 = hashlib.sha256(data).hexdigest()
         if fresh and existing.sha256 == found.sha256:
             found.kind = "touched"  # same bytes, new mtime: nothing to re-embed
-            return found
-        try:
-            pages = load_file(
-                path,
-                data,
-                self.limits,
-                self.ocr,
-                progress=lambda done, total: self.progress.working(key, "ocr", done, total),
-            )
-        except LoadError as exc:
-            return _problem(key, existing, exc.status, str(exc), found)
-        except MemoryError:
-            limit = self.settings.ingest.worker_memory_mb
-            cap = f" (the ingest worker's limit, ingest.worker_memory_mb = {limit:g})" if limit else ""
-            return _problem(key, existing, "failed", f"ran out of memory while parsing it{cap}", found)
-        except Exception as exc:  # a parser bug on one odd file must not stop the run
-            reason = f"could not parse ({type(exc).__name__}: {exc}); please report this file"
-            return _problem(key, existing, "failed", reason, found)
-        found.pages = len(pages)
-        found.note = unread_pages(pages)
-        chunker = self.chunker
-        found.chunks = chunker.split_pages(
-            pages, progress=lambda done, total: self.progress.working(key, "chunking", done, total)
-        )
-        if not found.chunks:
-            return _problem(key, existing, "empty", "no text found", found)
-        too_long = self._too_long(found.chunks)
-        if too_long:
-            found.chunks = []
-            return _problem(key, existing, "failed", too_long, found)
-        limit = self.settings.ingest.max_chunks_per_file
-        if limit is None or len(found.chunks) <= limit:  # one that is refused is not worth tokenizing
-            found.tokens = [" ".join(tokenize(self.indexed(c))) for c in found.chunks]  # BM25's, off the main thread
-        return found
+            return found, None
+        return found, data
 
     def indexed(self, chunk: Chunk) -> str:
-        """What the embedder and BM25 see of a chunk: with its title and heading (chunk.context)."""
-        return indexed_text(chunk) if self.settings.chunk.context else chunk.text
-
-    def _too_long(self, chunks: list[Chunk]) -> str | None:
-        """Why the store cannot hold these chunks (Milvus keeps at most 64 KB of text in one)."""
-        limit = self.kb.max_text_bytes
-        longest = max((len(c.text.encode()) for c in chunks), default=0) if limit else 0
-        if not limit or longest <= limit:
-            return None
-        return (
-            f"a chunk of {longest:,} bytes is longer than the {self.kb.backend} store holds ({limit:,}); "
-            "use chunk.method = 'recursive' (the default) for files this long"
-        )
+        return self.parser.indexed(chunk)
 
 
 def unread_pages(pages: list[Page]) -> str | None:
@@ -348,6 +412,10 @@ def unread_pages(pages: list[Page]) -> str | None:
         return None
     listed = ", ".join(map(str, blank[:20])) + (f" and {len(blank) - 20} more" if len(blank) > 20 else "")
     return f"OCR read nothing on page{'s' if len(blank) > 1 else ''} {listed} (blank, or too faint or blurred)"
+
+
+def too_many_chunks(n: int, limit: int, cost: str = "") -> str:
+    return f"{n:,} chunks{cost} is over ingest.max_chunks_per_file ({limit:,}); raise it to ingest this file"
 
 
 def _cost(n: int, rate: float | None) -> str:
@@ -364,10 +432,11 @@ def _cost(n: int, rate: float | None) -> str:
     return f" (about {took} to embed at {rate:.0f} chunks/s)"
 
 
-def _problem(
-    key: str, existing: DocumentInfo | None, status: str, reason: str, found: _Prepared | None = None
-) -> _Prepared:
-    found = found or _Prepared(key, existing, "problem")
+def mark_problem(
+    key: str, existing: DocumentInfo | None, status: str, reason: str, found: Prepared | None = None
+) -> Prepared:
+    """`found` (or a new record of the file) as a problem: recorded with this status and reason."""
+    found = found or Prepared(key, existing, "problem")
     found.kind, found.problem = "problem", Problem(key, status, reason)
     return found
 
@@ -389,7 +458,7 @@ class _Reader:
     AHEAD = 32
 
     def __init__(self, pipe: IngestPipeline, files: list[Path], known: dict[str, DocumentInfo]) -> None:
-        self.queue: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=self.AHEAD)
+        self.queue: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=self.AHEAD)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._work, args=(pipe, files, known), daemon=True)
         self.thread.start()
@@ -404,7 +473,7 @@ class _Reader:
         except BaseException as exc:  # e.g. the model failed to load: re-raised in the main thread
             self._put(exc)
 
-    def _put(self, item: _Prepared | BaseException | None) -> None:
+    def _put(self, item: Prepared | BaseException | None) -> None:
         while not self.stopping.is_set():
             try:
                 self.queue.put(item, timeout=0.1)
@@ -412,7 +481,7 @@ class _Reader:
             except queue.Full:
                 continue
 
-    def __iter__(self) -> Iterator[_Prepared]:
+    def __iter__(self) -> Iterator[Prepared]:
         while True:
             item = self.queue.get()
             if item is None:
@@ -435,7 +504,7 @@ class _Run:
         self.writer = writer
         self.report = report
         self.progress = progress
-        self.pending: list[_Prepared] = []
+        self.pending: list[Prepared] = []
         self.pending_sha: set[str] = set()
         self.pending_chunks = 0
         self.last_commit = time.monotonic()
@@ -458,14 +527,14 @@ class _Run:
             path=problem.path, status=problem.status, error=problem.reason, chunker=self.pipe.fingerprint, **stat
         )
 
-    def apply(self, item: _Prepared) -> None:
+    def apply(self, item: Prepared) -> None:
         """Stage what the reader found; only this (main) thread touches the database."""
         try:
             self._apply(item)
         finally:
             self.progress.file_done(item.path)
 
-    def _apply(self, item: _Prepared) -> None:
+    def _apply(self, item: Prepared) -> None:
         if item.kind == "unchanged":
             self.report.unchanged += 1
         elif item.kind == "touched":
@@ -485,7 +554,7 @@ class _Run:
                 return
             limit = self.pipe.settings.ingest.max_chunks_per_file
             big = len(item.chunks) >= ESTIMATE_FROM or (limit is not None and len(item.chunks) > limit)
-            if big and not self.weigh(item):
+            if big and item.vectors is None and not self.weigh(item):
                 return
             self.pending.append(item)
             self.pending_sha.add(item.sha256)
@@ -493,7 +562,7 @@ class _Run:
             if self.pending_chunks >= FLUSH_CHUNKS:
                 self.flush()
 
-    def weigh(self, item: _Prepared) -> bool:
+    def weigh(self, item: Prepared) -> bool:
         """Say what a large file will cost before spending it: its chunks and the minutes they
         take at this machine's embedding rate (measured now if the run has none yet); refuse it
         past ingest.max_chunks_per_file. True when it goes ahead."""
@@ -506,21 +575,18 @@ class _Run:
         n, limit = len(item.chunks), self.pipe.settings.ingest.max_chunks_per_file
         cost = _cost(n, self.pipe.embed_rate)
         if limit is not None and n > limit:
-            reason = f"{n:,} chunks{cost} is over ingest.max_chunks_per_file ({limit:,}); raise it to ingest this file"
-            self.record_problem(Problem(item.path, "failed", reason), item.existing, **item.stat)
+            problem = Problem(item.path, "failed", too_many_chunks(n, limit, cost))
+            self.record_problem(problem, item.existing, **item.stat)
             return False
         self.progress.announce(f"{Path(item.path).name}: {n:,} chunks to embed{cost}")
         return True
 
     def flush(self) -> None:
-        """Embed the waiting chunks and stage their documents."""
+        """Embed the waiting chunks (those not embedded already) and stage their documents."""
         if not self.pending:
             return
-        texts = [self.pipe.indexed(c) for p in self.pending for c in p.chunks]
-        vectors = self.embed(texts)
-        offset = 0
+        self.embed_pending()
         for item in self.pending:
-            n = len(item.chunks)
             self.writer.put_document(
                 path=item.path,
                 status="ok",
@@ -528,26 +594,38 @@ class _Run:
                 pages=item.pages,
                 chunker=self.pipe.fingerprint,
                 chunks=item.chunks,
-                vectors=vectors[offset : offset + n],
+                vectors=item.vectors,
                 tokens=item.tokens,
                 **item.stat,
             )
-            offset += n
+            item.vectors = None  # staged: the batch's memory can go
             if item.existing is not None:
                 self.report.updated += 1
             else:
                 self.report.added += 1
-        self.report.chunks_written += len(texts)
+        self.report.chunks_written += self.pending_chunks
         self.pending.clear()
         self.pending_sha.clear()
         self.pending_chunks = 0
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed_pending(self) -> None:
+        """One encode over every waiting file that has no vectors yet, split back per file."""
+        todo = [item for item in self.pending if item.vectors is None]
+        texts = [self.pipe.indexed(c) for p in todo for c in p.chunks]
+        if not texts:
+            return
+        vectors = self.embed(texts, todo[0].path if len(todo) == 1 else "")
+        offset = 0
+        for item in todo:
+            item.vectors = vectors[offset : offset + len(item.chunks)]
+            offset += len(item.chunks)
+
+    def embed(self, texts: list[str], one_file: str) -> np.ndarray:
         """Encode longest first, in slices, so progress moves (and the rate is measured) inside a
-        large file; the vectors come back in the order of `texts`."""
+        large file (`one_file`, when the texts are all one file's); the vectors come back in the
+        order of `texts`."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         vectors: np.ndarray | None = None
-        one_file = self.pending[0].path if len(self.pending) == 1 else ""
         for start in range(0, len(texts), ENCODE_CHUNKS):
             rows = order[start : start + ENCODE_CHUNKS]
             began = time.perf_counter()

@@ -143,8 +143,12 @@ class _Child:
 
 def _child_settings(settings: Settings) -> dict[str, Any]:
     """The sections the child needs, as JSON: a store token goes as itself (over the child's stdin,
-    never its command line or environment), not as the '**********' a dump shows."""
+    never its command line or environment), not as the '**********' a dump shows; ingest.ray is
+    dropped."""
     payload = settings.model_dump(mode="json", include=_SECTIONS)
+    # Never on Ray: this child exists to contain one file's damage under a memory cap, which a
+    # Ray runtime's shared-memory object store would not live under.
+    payload["ingest"]["ray"] = None
     token = settings.store.token
     payload["store"]["token"] = token.get_secret_value() if token is not None else None
     return payload

@@ -132,6 +132,28 @@ class IngestSettings(_Section):
         le=1,
         description="`rag kb show` flags OCR pages whose mean recognition score is below this",
     )
+    ray: str | None = Field(
+        None,
+        description="parse and embed on Ray (`rag ingest --ray`): 'local' starts a Ray runtime on this machine for "
+        "the ingest; 'auto' joins the cluster this machine belongs to (`ray start`); or a cluster's address "
+        "(ray://head:10001, head:6379). Unset: no Ray",
+    )
+    ray_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray runtime (default: all of this machine's)"
+    )
+    ray_embedders: int | None = Field(
+        None,
+        ge=1,
+        description="Ray embedding actors, one model each (default: one per GPU when the cluster has GPUs, "
+        "otherwise one per ray_embedder_cpus CPUs, keeping one CPU for parsing)",
+    )
+    ray_embedder_cpus: int = Field(1, ge=1, description="CPUs (torch threads) each Ray embedding actor takes")
+    ray_embedder_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each Ray embedding actor takes (default: 1 when the cluster has GPUs, else 0); a fraction "
+        "packs several actors on one GPU",
+    )
 
 
 class StoreSettings(_Section):

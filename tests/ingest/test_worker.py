@@ -105,3 +105,11 @@ def test_a_busy_base_is_a_worker_error_that_says_so(settings, tmp_path: Path) ->
     with LocalStore.open(settings.kb_dir("t")) as kb, kb.writer(), pytest.raises(WorkerError) as err:
         ingest_in_worker(settings, "t", [a, tmp_path / "docs" / "b.txt"], Recorder(), memory_mb=None)
     assert err.value.busy and "being written by another process" in str(err.value)
+
+
+def test_the_worker_never_ingests_on_ray_even_when_the_config_says_so(settings) -> None:
+    """Uploads are contained by the worker's memory cap; a Ray runtime would escape it."""
+    from ingest.worker import _child_settings
+
+    on_ray = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"ray": "auto"})})
+    assert _child_settings(on_ray)["ingest"]["ray"] is None
