@@ -5,8 +5,8 @@ the same run on the same chunks; re-run time on an unchanged corpus; peak memory
 
 --ray adds ingests of the same corpus on a local Ray runtime with 1 and 2 embedding actors, as
 ratios against the plain ingest, and the measurements behind a model of throughput on N
-machines: the embedding rate, Ray's efficiency, and the driver's bounds (its own CPU share,
-hashing and diffing, and the store's write rate).
+machines: Ray's rate on this machine, the driver's share of its CPU, and the driver's bounds
+(its hashing of the files, and the store's write rate).
 
 Corpus: BEIR SciFact (5,183 abstracts) written out as .txt files, plus the real PDFs in
 ../shared/data/docs.  Targets: ratio >= 0.9, re-run < 2 s for 5,000 documents, peak < 2 GiB.
