@@ -124,6 +124,8 @@ def pages_kb_name(docs_dir: Path, settings: Settings) -> str:
     ]
     if settings.ingest.dense_index == "hnsw":
         parts.append("hnsw")
+    if settings.ingest.ocr_upside_down_lines:  # only when set, so bases named before it keep their name
+        parts.append("ocr-upside-down-lines")
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(docs_dir).resolve().name)[:40].strip("-.") or "docs"
     return f"pages-{label}-{digest}"

@@ -21,7 +21,7 @@ from rag.config import IngestSettings
 from rag.types import Layout
 
 _LOCK = threading.Lock()
-_ENGINES: dict[int, Any] = {}
+_ENGINES: dict[tuple[int, bool], Any] = {}
 
 
 class OcrUnavailable(Exception):
@@ -46,15 +46,24 @@ class OcrSettings:
     threads: int = 1
     min_text_chars: int = 20
     low_confidence: float = 0.8
+    upside_down_lines: bool = False
 
     @classmethod
     def from_settings(cls, ingest: IngestSettings) -> OcrSettings:
-        return cls(ingest.ocr, ingest.ocr_dpi, ingest.ocr_threads, ingest.ocr_min_text_chars, ingest.ocr_low_confidence)
+        return cls(
+            ingest.ocr,
+            ingest.ocr_dpi,
+            ingest.ocr_threads,
+            ingest.ocr_min_text_chars,
+            ingest.ocr_low_confidence,
+            ingest.ocr_upside_down_lines,
+        )
 
 
-def _engine(threads: int) -> Any:
+def _engine(threads: int, upside_down_lines: bool = False) -> Any:
+    key = (threads, upside_down_lines)
     with _LOCK:
-        if threads not in _ENGINES:
+        if key not in _ENGINES:
             os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
             try:
                 from rapidocr import RapidOCR
@@ -71,16 +80,20 @@ def _engine(threads: int) -> Any:
                 # the shared scans no worse (bench/ocr.py measures the error rate).
                 "Det.thresh": 0.2,
                 "Det.box_thresh": 0.3,
+                # The line-angle classifier turns lines it believes upside down before reading them.
+                # On a real PDF page rendered upright it turned a whole sentence, which came out as
+                # "Tat t -t st t = s a ss e st at": it is on only when asked for.
+                "Global.use_cls": upside_down_lines,
             }
-            _ENGINES[threads] = RapidOCR(params=params)
-        return _ENGINES[threads]
+            _ENGINES[key] = RapidOCR(params=params)
+        return _ENGINES[key]
 
 
 def read_image(image: Any, settings: OcrSettings, scale: float = 1.0) -> OcrPage:
     """OCR one PIL image.  Boxes are divided by `scale` (a PDF page rendered at dpi/72 gets its
     boxes back in points)."""
     rgb = np.asarray(image.convert("RGB"))
-    out = _engine(settings.threads)(rgb)
+    out = _engine(settings.threads, settings.upside_down_lines)(rgb)
     boxes = [] if out.boxes is None else list(out.boxes)
     found = zip(boxes, out.txts or (), out.scores or (), strict=False)
     lines = [(np.asarray(b, dtype=np.float32) / scale, t, float(s)) for b, t, s in found if t.strip()]

@@ -9,6 +9,7 @@ serves `rag ask`, the UI and the evaluation harness, on any store backend.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = ["Filters", "Hit", "Retrieval", "Retriever", "fuse"]
 
 FUSIONS = ("minmax", "zscore", "rrf")
 _RETRIEVERS = {"dense": ("dense",), "bm25": ("bm25",), "hybrid": ("dense", "bm25")}
+PAGE_WINDOW = 4  # with max_per_page: fused passages read at a time, per place in the top_k, to fill it
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ class Retriever:
         hits = self._hits(fused[:depth], ranked, qvec, query)
         if s.rerank_model and hits:
             hits = self._rerank(query, hits)
+        hits = _spread_over_pages(hits, s.max_per_page)
+        while len(hits) < top_k and depth < len(fused):  # a page had too many: the next ones, unreranked
+            more = self._hits(fused[depth : depth + PAGE_WINDOW * top_k], ranked, qvec, query)
+            hits = _spread_over_pages(hits + more, s.max_per_page)
+            depth += PAGE_WINDOW * top_k
         hits = hits[:top_k]
         relevant = [h for h in hits if self._passes(zh, h.similarity, h.coverage, h.rerank)]
         return Retrieval(hits, relevant, query)
@@ -235,6 +242,26 @@ class Retriever:
             )
             for r, i in enumerate(order, start=1)
         ]
+
+
+def _spread_over_pages(hits: list[Hit], cap: int | None) -> list[Hit]:
+    """At most `cap` hits of one page, in order.  A dense PDF page is cut into several chunks that
+    all match the same words, and they would fill the top_k with one page; the answer then lacks
+    the other pages it needs (on FinanceBench, the income statement and the balance sheet).  A
+    spreadsheet's sheet is a "page" of any length, and unpaged files have none: neither is capped."""
+    if cap is None:
+        return hits
+    taken: Counter[tuple[str, int]] = Counter()
+    kept = []
+    for hit in hits:
+        chunk = hit.chunk
+        if chunk.page_no is not None and "sheet" not in chunk.metadata:
+            page = (chunk.source, chunk.page_no)
+            if taken[page] >= cap:
+                continue
+            taken[page] += 1
+        kept.append(hit)
+    return kept
 
 
 def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:

@@ -15,7 +15,7 @@ from ingest.layout import chunk_boxes
 from ingest.loaders import LoadError, OcrSettings, load_file
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.lexical import tokenize
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_path
 from tests.fixtures.documents import write_pdf
 from tests.fixtures.scans import CJK_FONT, degraded, image_pdf, mixed_pdf, page_image, save_jpeg
 
@@ -71,6 +71,21 @@ def test_a_phone_photo_turned_by_exif_is_read_upright(tmp_path: Path) -> None:
     (page,) = load(path)
     assert "inverter was replaced" in page.text
     assert (page.layout.width, page.layout.height) == (1100, 700), "boxes are on the upright image"
+
+
+def test_upright_lines_of_a_real_page_are_never_turned_over(tmp_path: Path) -> None:
+    """RapidOCR's line-angle classifier turned this upright sentence of a real PDF, rendered as a
+    scan, upside down, and it came out as "Tat t -t st t = s a ss e st at"."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(shared_path("docs", "pdf", "file_general_elements.pdf")))
+    try:
+        image = document[0].render(scale=200 / 72).to_pil()
+    finally:
+        document.close()
+    path = image_pdf(tmp_path / "scan.pdf", [image])
+    (page,) = load(path)
+    assert "The assignment operator is a single equal sign, = and is a right-to-left assignment." in page.text
 
 
 def test_a_mixed_pdf_keeps_its_text_layer_and_reads_the_scanned_page(tmp_path: Path) -> None:

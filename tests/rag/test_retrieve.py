@@ -283,3 +283,32 @@ def test_an_hnsw_base_ranks_as_the_flat_one_and_filters_exactly(tmp_path: Path, 
         assert ranking(hnsw, q, candidates=10) == ranking(flat, q, candidates=10)
     flat.close()
     hnsw.close()
+
+
+def test_one_pdf_page_cannot_fill_the_top_k_but_a_sheet_can(tmp_path: Path, embedder) -> None:
+    """A long page about pump P7 becomes several chunks that all match; with max_per_page = 1 the
+    other pages about it get their places.  A spreadsheet's sheet is not a page to spread over."""
+    from tests.fixtures.documents import write_pdf, write_xlsx
+
+    service = [f"Pump P7 service log entry {i}: the pump P7 seal was checked and the pump P7 ran." for i in range(36)]
+    write_pdf(
+        tmp_path / "docs" / "pumps.pdf",
+        [service, ["Pump P7 is painted blue and stands in hall 3."], ["The canteen opens at noon."]],
+    )
+    write_xlsx(
+        tmp_path / "docs" / "log.xlsx", {"P7": [["entry", "note"]] + [[i, line] for i, line in enumerate(service)]}
+    )
+    settings = qa_settings(tmp_path / "data", chunk={"size": 64, "overlap": 0})
+    with open_for_ingest(settings, "pumps", embedder) as kb:
+        IngestPipeline(settings, embedder, kb).run([tmp_path / "docs"])
+    question = "What do the pump P7 service log entries say about the seal?"
+    with LocalStore.open(settings.kb_dir("pumps")) as kb:
+        pdf = Filters(path_glob="pumps.pdf")
+        unlimited = Retriever(kb, embedder, RetrieveSettings(max_per_page=None)).search(question, top_k=3, filters=pdf)
+        assert [h.chunk.page_no for h in unlimited.hits] == [1, 1, 1], "the long page fills the top 3 on its own"
+        spread = Retriever(kb, embedder, RetrieveSettings()).search(question, top_k=3, filters=pdf)
+        assert sorted(h.chunk.page_no for h in spread.hits) == [1, 2, 3]
+        assert spread.hits[0].chunk.page_no == 1, "the best passage stays first"
+        sheet = Filters(path_glob="log.xlsx")
+        rows = Retriever(kb, embedder, RetrieveSettings()).search(question, top_k=3, filters=sheet)
+        assert len(rows.hits) == 3 and {h.chunk.page_no for h in rows.hits} == {1}
