@@ -245,6 +245,8 @@ def evaluate_config(
         retrieve = settings.retrieve
         retriever = retriever_for(settings, kb, embedder=embedder)
         deeper = retrieve.model_copy(update={"candidates": max(retrieve.candidates, depth)})
+        if retrieve.mode == "hybrid":  # the tail only: the head, reranked as shipped, comes from `retriever`
+            deeper = deeper.model_copy(update={"rerank_model": None, "answer_gate": "relevance"})
         deep = retriever_for(settings.model_copy(update={"retrieve": deeper}), kb, embedder=embedder)
         stage = f"queries {name}"
         total = len(dataset.queries)

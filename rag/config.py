@@ -208,7 +208,9 @@ class RetrieveSettings(_Section):
         "unlimited (a page's several chunks had taken 30% of the places)",
     )
     rerank_model: str | None = Field(None, description="cross-encoder (hub id or local folder); off when unset")
-    rerank_candidates: int = Field(20, ge=1, description="fused passages the cross-encoder reorders")
+    rerank_candidates: int = Field(
+        20, ge=1, description="fused passages the cross-encoder reorders (a deeper top_k gets the rest as fused)"
+    )
     rerank_weight: float = Field(
         1.0,
         ge=0,

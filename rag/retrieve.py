@@ -83,8 +83,8 @@ class Retriever:
         fused = fuse(ranked, s.fusion, s.rrf_k, weights, complete)
         depth = max(top_k, s.rerank_candidates) if s.rerank_model else top_k
         hits = self._hits(fused[:depth], ranked, qvec, query)
-        if s.rerank_model and hits:
-            hits = self._rerank(query, hits)
+        if s.rerank_model and hits:  # the first rerank_candidates, reordered; any deeper ones follow as fused
+            hits = self._rerank(query, hits[: s.rerank_candidates]) + hits[s.rerank_candidates :]
         hits = _spread_over_pages(hits, s.max_per_page)
         while len(hits) < top_k and depth < len(fused):  # a page had too many: the next ones, unreranked
             more = self._hits(fused[depth : depth + PAGE_WINDOW * top_k], ranked, qvec, query)

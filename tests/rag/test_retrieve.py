@@ -202,6 +202,13 @@ def test_reranker_reorders_the_fused_list_by_its_scores(sample_kb_dir, embedder,
         kept = Retriever(kb, embedder, weight0).search(query).hits
         assert [h.chunk.chunk_id for h in kept] == [h.chunk.chunk_id for h in first_stage], "weight 0: first stage"
         assert all(h.rerank is not None and 0 < h.rerank < 1 for h in kept), "its probabilities still kept"
+        # A top_k deeper than rerank_candidates (an evaluation's top 100) reranks only those: the rest
+        # follow in the first stage's order, unscored, instead of costing a cross-encoder pass each.
+        deep = Retriever(kb, embedder, settings).search(query, top_k=9).hits
+        assert [h.chunk.chunk_id for h in deep[:4]] == [h.chunk.chunk_id for h in hits]
+        assert [h.rerank is not None for h in deep] == [True] * 6 + [False] * 3
+        fused = Retriever(kb, embedder, RetrieveSettings(top_k=9)).search(query).hits
+        assert [h.chunk.chunk_id for h in deep[6:]] == [h.chunk.chunk_id for h in fused[6:]]
 
 
 def test_the_answer_gate_uses_the_rerankers_score_only_when_asked_or_calibrated(
