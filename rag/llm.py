@@ -134,6 +134,7 @@ def _in_worker(produce: Callable[[], Iterator[T]], deadline: Deadline) -> Iterat
     items: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
     unwanted = threading.Event()
     worker = threading.Thread(target=_feed, args=(produce, deadline, items, unwanted), name="rag-llm-call", daemon=True)
+    _CALLS[worker] = unwanted
     worker.start()
     try:
         while True:
@@ -175,6 +176,8 @@ def _feed(
                 close()  # a stream's generator: closes the HTTP response, or stops local generation
     except BaseException as exc:  # handed to the caller's thread
         error = exc
+    finally:
+        _CALLS.pop(threading.current_thread(), None)
     items.put((_END, error))
 
 
@@ -437,18 +440,31 @@ class LocalChatModel(InProcessChatModel):
         return sent
 
 
-# Generations running now.  Python kills daemon threads at exit, and one killed inside torch
-# aborts the process ("terminate called without an active exception", exit 134): `rag ask` that
-# timed out during a long prompt's prefill crashed instead of exiting 1.  At exit they are stopped
-# and waited for, which takes at most the current step.
+# Generations running now, and the calls that start them.  Python kills daemon threads at exit,
+# and one killed inside torch or a tokenizer aborts the process ("terminate called without an
+# active exception", exit 134): `rag ask` that timed out during a long prompt's prefill crashed
+# instead of exiting 1, and so did one that timed out before its generation had begun (the call's
+# thread still applying the chat template, on a loaded machine).  At exit both are stopped and
+# waited for, which takes at most the current step.
 _GENERATING: dict[threading.Thread, _Halt] = {}
+_CALLS: dict[threading.Thread, threading.Event] = {}  # _in_worker's threads -> their "unwanted" flag
+EXIT_WAIT_S = 120
 
 
 @atexit.register
 def _stop_generating() -> None:
-    for worker, halt in list(_GENERATING.items()):
-        halt.stop()
-        worker.join(timeout=120)
+    """Stop every call and generation, and wait for their threads.  Looped: a call that had not yet
+    started its generation starts it now, and that one is stopped too (its deadline has passed)."""
+    give_up = time.monotonic() + EXIT_WAIT_S
+    while time.monotonic() < give_up:
+        for unwanted in list(_CALLS.values()):
+            unwanted.set()
+        for halt in list(_GENERATING.values()):
+            halt.stop()
+        live = [t for t in (*_GENERATING, *_CALLS) if t.is_alive()]
+        if not live:
+            return
+        live[0].join(timeout=0.1)
 
 
 class _Halt:

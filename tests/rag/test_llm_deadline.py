@@ -159,6 +159,28 @@ def test_rag_ask_gives_up_at_the_deadline_exits_1_and_says_why(sample_kb_dir: Pa
     assert "helios-h10-warranty.pdf, p. 2" in output, "and the passages"
 
 
+def test_at_exit_a_call_still_setting_up_its_generation_is_waited_for() -> None:
+    """The deadline can pass before the call's thread has started generating (applying the chat
+    template on a loaded machine).  Killed there at exit, inside a tokenizer or torch, the process
+    aborted (exit -6, "terminate called without an active exception") in a CI run; the exit hook
+    now waits for such a call as it does for a generation."""
+    from rag.llm import Deadline, _Expired, _in_worker, _stop_generating
+
+    started, finished = threading.Event(), threading.Event()
+
+    def produce():
+        started.set()
+        time.sleep(0.5)  # the chat template, before any generation is registered
+        finished.set()
+        return iter(["late"])
+
+    with pytest.raises(_Expired):
+        list(_in_worker(produce, Deadline(0.05, "a test call")))
+    assert started.is_set() and not finished.is_set()
+    _stop_generating()
+    assert finished.is_set(), "exit waited for the call's thread"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["transformers", "llamacpp"])
 def test_rag_ask_on_the_local_backend_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path, engine: str) -> None:
