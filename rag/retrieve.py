@@ -86,7 +86,7 @@ class Retriever:
         if s.rerank_model and hits:  # the first rerank_candidates, reordered; any deeper ones follow as fused
             hits = self._rerank(query, hits[: s.rerank_candidates]) + hits[s.rerank_candidates :]
         hits = _spread_over_pages(hits, s.max_per_page)
-        while len(hits) < top_k and depth < len(fused):  # a page had too many: the next ones, unreranked
+        while len(hits) < top_k and depth < len(fused):  # a page had too many (or chunks were removed): read on
             more = self._hits(fused[depth : depth + PAGE_WINDOW * top_k], ranked, qvec, query)
             hits = _spread_over_pages(hits + more, s.max_per_page)
             depth += PAGE_WINDOW * top_k
