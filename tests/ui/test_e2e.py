@@ -183,6 +183,8 @@ def test_create_upload_ask_and_check_the_source(browser, ui_url: str, rag_env: d
     shot(page, "03-answer-streaming")
     card.first.wait_for(timeout=WAIT_MS)
     assert cursor.count() == 0
+    # the timing line is drawn last, after every card (CI once read the message before it came)
+    page.get_by_test_id("stChatMessage").last.get_by_text("first words after").wait_for(timeout=WAIT_MS)
     answer = page.get_by_test_id("stChatMessage").last.inner_text()
     assert not caught_streaming or len(answer) > len(streamed)
     first_words, total = _timing(answer)
