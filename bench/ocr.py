@@ -6,8 +6,8 @@ text is to the text layer, how fast OCR reads, and whether the copies are still 
 Every page of the PDFs in ../shared/data/docs/pdf is rendered with pdfium at --dpi and saved as a
 PDF of images (PIL), so the copies have no text layer and go through OCR (ingest.ocr = "auto").
 The originals and the copies are ingested into two bases with the default settings.  Scored on
-the pages the original reads from its text layer (pages the original itself OCRs have no
-reference and are left out):
+the pages the original reads from its text layer (pages the original itself OCRs, having no
+text layer or a garbled one, have no reference and are left out):
 
 - character error rate, line by line: every line OCR read on a copy is compared with the text-layer
   characters of the original that lie inside that line's box (their centres), in the text layer's
@@ -154,7 +154,7 @@ def aligned_cer(docs: list[Path], copies: Path, ocr, min_chars: int) -> dict[tup
     each copy read by the loader an ingest uses (rendered at ocr_dpi, RapidOCR)."""
     import pypdfium2 as pdfium
 
-    from ingest.pdf import load_pdf, text_layer
+    from ingest.pdf import load_pdf, text_layer, usable
 
     out = {}
     for pdf in docs:
@@ -165,7 +165,7 @@ def aligned_cer(docs: list[Path], copies: Path, ocr, min_chars: int) -> dict[tup
             for index in range(len(original)):
                 ref, layout = text_layer(original[index])
                 page = read.get(index + 1)
-                if len(ref.strip()) < min_chars or page is None or page.layout is None:
+                if not usable(ref, min_chars) or page is None or page.layout is None:
                     continue
                 out[(pdf.name, index + 1)] = aligned_error(ref, layout.boxes, page.text, page.layout.boxes)
         finally:

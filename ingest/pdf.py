@@ -4,7 +4,9 @@ pypdf opens the file first: its errors name what is wrong (encrypted, damaged) i
 act on.  The text then comes from pdfium (pypdfium2), which is about nine times faster than pypdf's
 extract_text (5 s against 48 s for a 252-page 10-K here) and gives every character's box, which
 is what lets a citation be highlighted on the page.  A page without usable text is rendered and
-read with OCR (ingest.ocr), so a mixed PDF keeps its text layer where it has one.
+read with OCR (ingest.ocr), so a mixed PDF keeps its text layer where it has one.  "Usable" is
+written here rather than left to the length of the text: a font whose map to Unicode is broken
+gives a text layer of the right length in the wrong characters (see `garbled`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,17 @@ from ingest.tables import pdf_tables, splice_tables
 from rag.types import Layout, Page
 
 PageProgress = Callable[[int, int], None]
+
+# A text layer with this share of control characters is garbled.  On the 7,037 pages of the real
+# PDFs in ../shared (49 annual reports, 14 samples), readable pages have none at all; the two pages
+# of react_paper.pdf whose figure text is set in a font with a broken Unicode map have 4.2% and 5.2%
+# ("$FW\x14\x1d7KLQN" for "Act 1: Think"), and OCR reads them correctly.
+GARBLED_SHARE = 0.01
+_CID = re.compile(r"\(cid:\d+\)")  # pdfminer's and pypdf's spelling of a glyph with no Unicode
+# Control characters (Unicode category Cc) that are not whitespace, less \x02: pdfium's mark for a
+# hyphen that ends a line.
+_CONTROL = re.compile(r"[\x00\x01\x03-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+_SPACE = re.compile(r"\s")
 
 
 @contextlib.contextmanager
@@ -109,26 +123,43 @@ def _pypdf_pages(path: Path, reader: Any) -> list[Page]:
 def _pages(path: Path, document: Any, ocr: OcrSettings, progress: PageProgress | None) -> tuple[list[Page], int]:
     """Text-layer pages as they come; the pages OCR must read, after, with their own progress."""
     pages: list[Page | None] = []
-    scanned: list[int] = []
+    scanned: dict[int, Page | None] = {}  # page index -> its garbled text layer, kept if OCR is missing
     for index in range(len(document)):
         page = document[index]
         try:
             text, layout = text_layer(page)
         except Exception:  # a damaged content stream: OCR may still read the page's image
             text, layout = "", None
-        if ocr.mode == "always" or (ocr.mode == "auto" and len(text.strip()) < ocr.min_text_chars):
-            scanned.append(index)
+        read = Page(text, str(path), page_no=index + 1, metadata={"read": "text"}, layout=layout)
+        if ocr.mode == "always" or (ocr.mode == "auto" and not usable(text, ocr.min_text_chars)):
+            scanned[index] = read if ocr.mode == "auto" and garbled(text) else None
             pages.append(None)
         else:
-            pages.append(Page(text, str(path), page_no=index + 1, metadata={"read": "text"}, layout=layout))
+            pages.append(read)
         page.close()
-    for done, index in enumerate(scanned):
+    for done, (index, garbled_page) in enumerate(scanned.items()):
         if progress is not None:
             progress(done, len(scanned))
-        pages[index] = _ocr_page(path, document[index], index + 1, ocr)
+        pages[index] = _ocr_page(path, document[index], index + 1, ocr, fallback=garbled_page)
     if progress is not None and scanned:
         progress(len(scanned), len(scanned))
     return [p for p in pages if p is not None], len(scanned)
+
+
+def usable(text: str, min_chars: int) -> bool:
+    """Whether a page's text layer can stand for the page: enough characters, not garbled."""
+    return len(text.strip()) >= min_chars and not garbled(text)
+
+
+def garbled(text: str) -> bool:
+    """Glyph codes where letters should be: control characters (a font whose Unicode map is off
+    by a constant, common in LaTeX figures) or "(cid:N)" placeholders, in over GARBLED_SHARE of
+    the visible characters.  Private-use characters do not count: symbol fonts put bullets there."""
+    visible = len(text) - len(_SPACE.findall(text))
+    if not visible:
+        return False
+    cids = sum(len(m) for m in _CID.findall(text))
+    return (len(_CONTROL.findall(text)) + cids) / visible > GARBLED_SHARE
 
 
 def text_layer(page: Any) -> tuple[str, Layout]:
@@ -167,12 +198,14 @@ def _rotated(layout: Layout, degrees: int) -> Layout:
     return layout
 
 
-def _ocr_page(path: Path, page: Any, number: int, ocr: OcrSettings) -> Page:
+def _ocr_page(path: Path, page: Any, number: int, ocr: OcrSettings, fallback: Page | None = None) -> Page:
     scale = ocr.dpi / 72
     try:
         image = page.render(scale=scale).to_pil()
         result = read_image(image, ocr, scale)
     except OcrUnavailable as exc:
+        if fallback is not None:  # a garbled text layer still holds the page's readable words
+            return fallback
         raise LoadError(f"page {number} has no text layer and {exc}") from exc
     finally:
         page.close()

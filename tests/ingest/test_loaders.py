@@ -192,7 +192,7 @@ def test_a_broken_image_says_so(tmp_path: Path) -> None:
 # ---- real PDFs from other RAG projects' test suites --------------------------------------------
 def test_real_paper_pdf_pages_and_text() -> None:
     path = shared_path("docs", "pdf", "react_paper.pdf")
-    pages = load(path)
+    pages = load_file(path, path.read_bytes(), ocr=OcrSettings(mode="off"))  # its OCR: tests/ingest/test_ocr.py
     assert len(pages) > 10
     assert [p.page_no for p in pages] == list(range(1, len(pages) + 1))
     assert "ReAct" in pages[0].text

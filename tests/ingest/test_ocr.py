@@ -13,6 +13,8 @@ import pytest
 
 from ingest.layout import chunk_boxes
 from ingest.loaders import LoadError, OcrSettings, load_file
+from ingest.ocr import OcrUnavailable
+from ingest.pdf import garbled
 from ingest.pipeline import IngestPipeline, open_for_ingest
 from rag.lexical import tokenize
 from tests.conftest import REPO, shared_path
@@ -96,6 +98,39 @@ def test_a_mixed_pdf_keeps_its_text_layer_and_reads_the_scanned_page(tmp_path: P
     assert scanned.page_no == 2
     # The scanned page's boxes are in PDF points, like the text layer's: both render the same way.
     assert scanned.layout.width == pytest.approx(text_page.layout.width, abs=1)
+
+
+def test_a_garbled_text_layer_is_read_with_ocr_instead() -> None:
+    """react_paper.pdf sets its figures' text in a font whose Unicode map is off by a constant:
+    page 2's text layer spells "Act 1: Think" as "$FW\\x14\\x1d7KLQN"."""
+    path = shared_path("docs", "pdf", "react_paper.pdf")
+    layer = {p.page_no: p for p in load(path, mode="off")}
+    assert "7KLQN" in layer[2].text and garbled(layer[2].text)
+    assert not any(garbled(layer[n].text) for n in layer if n not in (2, 9))
+    pages = {p.page_no: p for p in load(path)}
+    assert pages[2].metadata["read"] == "ocr" and pages[2].metadata["ocr_confidence"] > 0.9
+    assert "Act 1: Search[Apple Remote]" in pages[2].text and "7KLQN" not in pages[2].text
+    assert pages[9].metadata["read"] == "ocr" and pages[3].metadata == {"read": "text"}
+    assert pages[3].text == layer[3].text  # readable pages keep their text layer
+
+
+def test_without_ocr_installed_a_garbled_page_keeps_its_text_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingest.pdf
+
+    def missing(*_: object) -> None:  # what read_image raises where rapidocr is not installed
+        raise OcrUnavailable("OCR needs rapidocr and onnxruntime")
+
+    monkeypatch.setattr(ingest.pdf, "read_image", missing)
+    path = shared_path("docs", "pdf", "react_paper.pdf")
+    pages = {p.page_no: p for p in load(path)}
+    assert pages[2].metadata == {"read": "text"} and "7KLQN" in pages[2].text
+
+
+def test_garbage_is_told_from_text_in_any_script() -> None:
+    assert garbled("$FW\x14\x1d7KLQN>)LUVW,QHHGWRILQG\x11\x11\x11" * 3)
+    assert garbled("Net sales (cid:3)(cid:4)(cid:5) 34,229 (cid:12)(cid:9)")
+    assert not garbled("chain-of\x02thought reasoning, \ufffe hyphenated \uf0b7 a bullet in a symbol font")
+    assert not garbled("逆变器保修期为五年。电池模块保修十年。") and not garbled("")
 
 
 def test_a_scan_ocr_cannot_read_is_empty_with_the_reason(tmp_path: Path) -> None:
