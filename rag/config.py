@@ -257,7 +257,8 @@ class LLMSettings(_Section):
         description="llama.cpp: the packaged default (Q4_1, slow to read a prompt) is re-quantized once into "
         "cache_dir: Q8_0 writes what transformers writes; Q4_0 is a little faster and garbles Chinese",
     )
-    threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = half the CPU cores, at least 1")
+    threads: int = Field(0, ge=0, description="llama.cpp threads decoding; 0 = half the CPU cores, at least 1")
+    prompt_threads: int = Field(0, ge=0, description="llama.cpp threads reading the prompt; 0 = every CPU core")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai backend: the server's /v1 URL")
     api_key: str = Field("EMPTY", description="openai backend: API key (vLLM accepts anything by default)")
     timeout_s: float = Field(
