@@ -59,13 +59,15 @@ def exit_code(exc: Exception) -> int:
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     """Say what went wrong on one line of stderr; `raise fail(...)` ends the command with `code`."""
-    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False)
+    # soft_wrap: off a terminal rich would break the line at 80 columns, inside a command the
+    # message tells the user to run
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def note(message: str) -> None:
     """A line of news on stderr (a model being downloaded, say)."""
-    err.print(message, highlight=False)
+    err.print(message, highlight=False, soft_wrap=True)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

@@ -109,6 +109,7 @@ def test_a_lite_file_open_in_another_process_says_how_to_share_it(tmp_path: Path
     create_store(holder, "busy", EmbedderIdentity("sentence-transformers/all-MiniLM-L6-v2", 384, True)).close()
     run = rag("kb", "list", data=data, **milvus("./kb.db"))  # while this process holds the file
     assert run.code == 69 and "is open in another process" in run.err and "milvus-lite server" in run.err, run.text
+    assert len(run.err.strip().splitlines()) == 1, "one line, not broken inside the command it suggests"
 
 
 def test_a_base_built_with_another_model_is_refused(tmp_path: Path) -> None:
