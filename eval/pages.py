@@ -25,6 +25,7 @@ from eval.retrieval import ProgressFn, _IngestProgress, _settings_summary
 from ingest.pipeline import IngestPipeline, IngestReport, open_for_ingest
 from rag.config import Settings
 from rag.embed import Embedder
+from rag.jsonfile import write_json
 from rag.retrieve import Filters, Retriever
 from rag.stack import embedder_for, retriever_for
 from rag.store import Store
@@ -314,20 +315,14 @@ def write_pages_report(
         "runs": [r.summary() for r in results],
     }
     for r in results:
-        _write_json(out_dir / "runs" / f"{_slug(r.name)}.json", r.rows)
-    _write_json(out_dir / "report.json", report)
+        write_json(out_dir / "runs" / f"{_slug(r.name)}.json", r.rows)
+    write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(render_pages_markdown(report), encoding="utf-8")
     return out_dir
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _row(cells: list[str]) -> str:

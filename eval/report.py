@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.datasets import BeirDataset, plural
+from rag.jsonfile import write_json
 
 # Published test-split nDCG@10 / Recall@100, as collected in shared/data/BASELINES.md from the MTEB
 # results repository (embeddings-benchmark/results) and Pyserini's BEIR regressions (2cr/beir.yaml).
@@ -65,8 +66,8 @@ def write_report(out_dir: Path, dataset: BeirDataset, results: list, keep_identi
         "published": PUBLISHED.get(dataset.name.lower(), {}),
     }
     for r in results:
-        _write_json(out_dir / "runs" / f"{slug(r.name)}.json", r.per_query)
-    _write_json(out_dir / "report.json", report)
+        write_json(out_dir / "runs" / f"{slug(r.name)}.json", r.per_query)
+    write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     plot_metrics(report, out_dir / "metrics.png")
     plot_recall_curve(report, out_dir / "recall_at_k.png")
@@ -82,17 +83,11 @@ def write_answer_report(
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     report = {"kind": "answers", "qa": str(qa_path), "kb": kb, "split": split, "runs": runs}
     for name, per_question in rows.items():
-        _write_json(out_dir / "runs" / f"{slug(name)}.json", per_question)
-    _write_json(out_dir / "report.json", report)
+        write_json(out_dir / "runs" / f"{slug(name)}.json", per_question)
+    write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     plot_answers(report, out_dir / "answers.png")
     return out_dir
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
 
 
 def load_report(folder: Path) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.jsonfile import write_json
+
 CALIBRATION_FILE = "answerability.json"
 
 
@@ -53,10 +55,7 @@ def read_calibration(folder: str | Path) -> Calibration | None:
 
 
 def write_calibration(folder: str | Path, calibration: Calibration) -> None:
-    path = Path(folder) / CALIBRATION_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(calibration.to_json(), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_json(Path(folder) / CALIBRATION_FILE, calibration.to_json())
 
 
 class Reranker:

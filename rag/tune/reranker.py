@@ -35,6 +35,7 @@ import numpy as np
 
 from eval.answers import contains
 from eval.datasets import QAItem
+from rag.jsonfile import write_json
 from rag.reranker import Calibration, Reranker, write_calibration
 from rag.retrieve import Retriever
 from rag.tune.data import GoldIndex, validation_ids
@@ -345,10 +346,4 @@ def _save(
             shutil.rmtree(out / item.name)
         os.replace(item, out / item.name)
     tmp.rmdir()
-    _write_json(out / TRAINING_FILE, record)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_json(out / TRAINING_FILE, record)
