@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from rag.jsonfile import write_jsonl
+
 
 class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and line."""
@@ -289,12 +291,7 @@ def sample(items: list[QAItem], limit: int | None, seed: int = 0) -> list[QAItem
 
 
 def write_qa(items: list[QAItem], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for it in items:
-            fh.write(json.dumps(it.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, (it.to_json() for it in items))
 
 
 def beir_to_qa(root: Path, split: str, *, need_answers: bool = True) -> list[QAItem]:

@@ -17,7 +17,6 @@ teach them to answer from the right block, cite it, and refuse when no block hol
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from eval.answers import contains
 from eval.datasets import DatasetError, QAItem, doc_id_of, read_jsonl
+from rag.jsonfile import write_jsonl
 from rag.lexical import language
 from rag.prompts import NOT_FOUND, answer_messages
 from rag.retrieve import Hit, Retriever
@@ -222,12 +222,7 @@ def validation_ids(ids: Sequence[str], share: float, seed: int) -> set[str]:
 # ---- files ---------------------------------------------------------------------------------
 def write_sft(examples: Sequence[Example], path: Path) -> None:
     """JSONL, one example per line; written beside and renamed, so a failed run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, (ex.to_json() for ex in examples))
 
 
 def load_sft(path: Path) -> dict[str, list[list[dict[str, str]]]]:
