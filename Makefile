@@ -93,6 +93,7 @@ bench: setup
 	$(BIN)/python bench/chunking.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/openmp.py
 
 # Reproduces the retrieval table: dense / bm25 / hybrid, whole-document and chunked, beside the
 # published numbers.  `make eval DATASET=../shared/data/beir/nfcorpus` for another BEIR folder.

@@ -54,7 +54,8 @@ class Embedder:
             # Before torch loads: idle OpenMP threads sleep instead of spinning, so a busy second
             # core does not stall every parallel step of the model (bench/query.py: a query's
             # encoding 28 ms instead of 330 ms; ingest throughput is the same either way).  Set
-            # here so every entry point gets it, not only the CLI; an explicit setting wins.
+            # here so every entry point gets it, not only the CLI; an explicit setting wins (spinning
+            # answers faster while the cores are free: README, "OpenMP threads").
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging

@@ -34,9 +34,9 @@ _END = object()
 
 
 def default_threads() -> int:
-    """Half the cores for decoding: on 2 busy cores two threads decoded several times slower than
-    one (../shared/notes/llamacpp.md), and in `bench/llm.py`, where the other engine's torch threads
-    share the process as the embedder's do in `rag ask`, two decoded 25 tokens/s against one's 35."""
+    """Half the cores for decoding, a token at a time through hundreds of thread barriers: on 2
+    cores, two threads decoded 54 tokens/s against one's 31 while both cores were free, and 1.3-1.7
+    against 31 once another program kept one busy (README, "OpenMP threads")."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 

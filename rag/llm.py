@@ -32,6 +32,7 @@ from pydantic import ConfigDict
 
 from rag.config import LLMSettings, Settings
 from rag.models import is_gguf, resolve_llm
+from rag.openmp import gives_back_threads
 
 
 class LLMError(RuntimeError):
@@ -335,6 +336,7 @@ class LocalChatModel(InProcessChatModel):
     stop_criteria: Any = None  # built once: transformers takes ~2 s to build it per generate() call
 
     @classmethod
+    @gives_back_threads  # loading runs torch on this thread; generation runs on another (rag.openmp)
     def load(cls, llm: LLMSettings, cache_dir: Path, notify: Callable[[str], None] = lambda _: None) -> LocalChatModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

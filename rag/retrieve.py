@@ -17,6 +17,7 @@ import numpy as np
 from rag.config import RetrieveSettings
 from rag.embed import Embedder
 from rag.lexical import language, tokenize
+from rag.openmp import gives_back_threads
 from rag.reranker import Reranker, RerankerError
 from rag.store import Allowed, Filters, Store
 from rag.types import Chunk
@@ -58,6 +59,7 @@ class Retriever:
         self._reranker: Reranker | None = None
 
     # ---- public ----------------------------------------------------------------------------
+    @gives_back_threads  # a query's torch work must not slow the answer's generation (rag.openmp)
     def search(
         self,
         query: str,
@@ -94,6 +96,7 @@ class Retriever:
         relevant = [h for h in hits if self._passes(zh, h.similarity, h.coverage, h.rerank)]
         return Retrieval(hits, relevant, query)
 
+    @gives_back_threads
     def relevant_to(self, hits: list[Hit], query: str) -> list[Hit]:
         """Those `hits` that pass the gate for another `query`: a follow-up searched together
         with the previous question's words must still be about what the follow-up asks."""
