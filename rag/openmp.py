@@ -17,8 +17,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import ClassVar, ParamSpec, TypeVar
 
 __all__ = ["gives_back_threads", "release_idle_threads"]
 
@@ -31,7 +32,7 @@ def release_idle_threads() -> bool:
     """End the calling thread's OpenMP worker pool in every libgomp loaded in the process (torch's,
     and private copies such as scikit-learn's); True when a libgomp took the request.  Nothing
     happens where none is loaded, or inside a parallel region (libgomp refuses)."""
-    return any([pause(_OMP_PAUSE_SOFT) == 0 for pause in _pauses()])
+    return any([pause(_OMP_PAUSE_SOFT) == 0 for pause in _pauses()])  # a list: every libgomp is asked
 
 
 def gives_back_threads(work: Callable[P, R]) -> Callable[P, R]:
@@ -47,8 +48,24 @@ def gives_back_threads(work: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class _Found:
+    """The pause functions found, and how many modules were imported when they were looked for."""
+
+    modules: ClassVar[int] = -1
+    pauses: ClassVar[list[Callable[[int], int]]] = []
+
+
 def _pauses() -> list[Callable[[int], int]]:
-    """omp_pause_resource_all of each libgomp already in the process; none is ever loaded here."""
+    """omp_pause_resource_all of each libgomp already in the process; none is ever loaded here.
+    Looked for again only after new imports, the way a libgomp arrives: reading /proc/self/maps
+    costs about a millisecond, and every search calls this."""
+    if len(sys.modules) != _Found.modules:
+        _Found.modules = len(sys.modules)
+        _Found.pauses = _lookup()
+    return _Found.pauses
+
+
+def _lookup() -> list[Callable[[int], int]]:
     found = []
     for path in _loaded_libgomps():
         try:
