@@ -27,7 +27,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
 from rag.config import LLMSettings
-from rag.llm import _ACTIVE, _GENERATING, STOP_STRINGS, InProcessChatModel, LLMError, _as_dicts, _Halt
+from rag.llm import _ACTIVE, STOP_STRINGS, InProcessChatModel, LLMError, _as_dicts, _Halt, start_outlived
 from rag.models import resolve_gguf
 
 _END = object()
@@ -92,8 +92,7 @@ class LlamaCppChatModel(InProcessChatModel):
         worker = threading.Thread(
             target=self._generate_into, args=(request, halt, pieces, failure), name="rag-llamacpp", daemon=True
         )
-        _GENERATING[worker] = halt
-        worker.start()
+        start_outlived(worker, halt.stop)
         sent = 0
         try:
             while (piece := pieces.get()) is not _END:
@@ -130,7 +129,6 @@ class LlamaCppChatModel(InProcessChatModel):
         except Exception as exc:  # surfaced in the caller's thread
             failure.append(str(exc))
         finally:
-            _GENERATING.pop(threading.current_thread(), None)
             pieces.put(_END)
 
 

@@ -135,8 +135,7 @@ def _in_worker(produce: Callable[[], Iterator[T]], deadline: Deadline) -> Iterat
     items: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
     unwanted = threading.Event()
     worker = threading.Thread(target=_feed, args=(produce, deadline, items, unwanted), name="rag-llm-call", daemon=True)
-    _CALLS[worker] = unwanted
-    worker.start()
+    start_outlived(worker, unwanted.set)
     try:
         while True:
             try:
@@ -177,8 +176,6 @@ def _feed(
                 close()  # a stream's generator: closes the HTTP response, or stops local generation
     except BaseException as exc:  # handed to the caller's thread
         error = exc
-    finally:
-        _CALLS.pop(threading.current_thread(), None)
     items.put((_END, error))
 
 
@@ -397,12 +394,9 @@ class LocalChatModel(InProcessChatModel):
             except BaseException as exc:  # surfaced in the caller's thread below
                 failure.append(exc)
                 streamer.end()
-            finally:
-                _GENERATING.pop(worker, None)
 
         worker = threading.Thread(target=generate, name="rag-local-generate", daemon=True)
-        _GENERATING[worker] = halt
-        worker.start()
+        start_outlived(worker, halt.stop)
         try:
             sent = yield from self._read(streamer, stops, run_manager)
         finally:
@@ -442,15 +436,28 @@ class LocalChatModel(InProcessChatModel):
         return sent
 
 
-# Generations running now, and the calls that start them.  Python kills daemon threads at exit,
-# and one killed inside torch or a tokenizer aborts the process ("terminate called without an
-# active exception", exit 134): `rag ask` that timed out during a long prompt's prefill crashed
+# The calls and generations running now, each with what stops it.  Python kills daemon threads at
+# exit, and one killed inside torch or a tokenizer aborts the process ("terminate called without
+# an active exception", exit 134): `rag ask` that timed out during a long prompt's prefill crashed
 # instead of exiting 1, and so did one that timed out before its generation had begun (the call's
-# thread still applying the chat template, on a loaded machine).  At exit both are stopped and
-# waited for, which takes at most the current step.
-_GENERATING: dict[threading.Thread, _Halt] = {}
-_CALLS: dict[threading.Thread, threading.Event] = {}  # _in_worker's threads -> their "unwanted" flag
+# thread still applying the chat template, on a loaded machine).  At exit all are stopped and
+# waited for, which takes at most the current step.  A thread is forgotten only once it has ended:
+# threads used to remove themselves on finishing their work, and a call's thread was then killed
+# at exit while freeing the prompt's tensors that its last error still held (a CI run, exit -6).
+_RUNNING: dict[threading.Thread, Callable[[], None]] = {}
 EXIT_WAIT_S = 120
+
+
+def start_outlived(thread: threading.Thread, stop: Callable[[], None]) -> None:
+    """Start `thread`; at exit, `stop()` is called and the thread waited for until it has ended."""
+    for ended in [t for t in list(_RUNNING) if t.ident is not None and not t.is_alive()]:
+        _RUNNING.pop(ended, None)
+    _RUNNING[thread] = stop
+    try:
+        thread.start()
+    except BaseException:
+        _RUNNING.pop(thread, None)
+        raise
 
 
 @atexit.register
@@ -459,11 +466,9 @@ def _stop_generating() -> None:
     started its generation starts it now, and that one is stopped too (its deadline has passed)."""
     give_up = time.monotonic() + EXIT_WAIT_S
     while time.monotonic() < give_up:
-        for unwanted in list(_CALLS.values()):
-            unwanted.set()
-        for halt in list(_GENERATING.values()):
-            halt.stop()
-        live = [t for t in (*_GENERATING, *_CALLS) if t.is_alive()]
+        for stop in list(_RUNNING.values()):
+            stop()
+        live = [t for t in list(_RUNNING) if t.is_alive()]
         if not live:
             return
         live[0].join(timeout=0.1)

@@ -181,6 +181,28 @@ def test_at_exit_a_call_still_setting_up_its_generation_is_waited_for() -> None:
     assert finished.is_set(), "exit waited for the call's thread"
 
 
+def test_at_exit_a_call_whose_work_is_done_is_waited_for_until_its_thread_has_ended() -> None:
+    """A thread's objects are freed after its work returns: the timed-out call's error still held
+    the prompt's tensors.  Threads used to deregister on returning, so exit did not wait for that
+    freeing, and Python killed the thread inside torch (exit -6, one CI run in ten).  The profile
+    hook makes the freeing slow enough to see."""
+    from rag.llm import Deadline, _Expired, _in_worker, _stop_generating
+
+    def slow_to_end(frame, event, arg):
+        if event == "return" and frame.f_code.co_name == "_feed":
+            time.sleep(0.5)  # after _feed's own code: where the thread freed its last objects
+
+    ours = set(threading.enumerate())
+    threading.setprofile(slow_to_end)
+    try:
+        with pytest.raises(_Expired):
+            list(_in_worker(lambda: iter([time.sleep(0.2)]), Deadline(0.05, "a test call")))
+    finally:
+        threading.setprofile(None)
+    _stop_generating()
+    assert not [t for t in threading.enumerate() if t not in ours and t.name == "rag-llm-call"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["transformers", "llamacpp"])
 def test_rag_ask_on_the_local_backend_exits_1_at_the_deadline_not_a_crash(sample_kb_dir: Path, engine: str) -> None:
