@@ -4,7 +4,9 @@ obeyed: see rag.terminal), and the progress bar of every long job."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -12,6 +14,8 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -46,16 +50,67 @@ def human_size(n: float) -> str:
 
 
 # ---- progress ----------------------------------------------------------------------------------
+LOG_EVERY_S = 30.0  # off a terminal: one status line per task at most this often
+
+
 def progress_bar(*extra: ProgressColumn, console: Console = err) -> Progress:
     """The bar of every long `rag` job (ingest, evaluation, training data, training): description,
     bar, done/total, any extra columns (the file being read, the training loss), elapsed and
-    remaining time, on stderr."""
-    return Progress(
+    remaining time, on stderr.  Into a log file or a pipe, where rich draws nothing until the job
+    ends, the same information comes as plain lines every LOG_EVERY_S seconds instead."""
+    columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         *extra,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
     )
+    if console.is_terminal:
+        return Progress(*columns, console=console)
+    return LoggedProgress(*columns, console=console, every_s=LOG_EVERY_S)
+
+
+class LoggedProgress(Progress):
+    """A progress bar for a log: an hour's ingest under `nohup` or in CI showed nothing until it
+    ended.  Each update may print one line per visible task, at most every `every_s` seconds."""
+
+    def __init__(self, *columns: ProgressColumn, console: Console, every_s: float) -> None:
+        super().__init__(*columns, console=console)
+        self.every_s = every_s
+        self.logged_at = time.monotonic()
+
+    def update(self, task_id: TaskID, **changes: Any) -> None:
+        super().update(task_id, **changes)
+        self._log_when_due()
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_when_due()
+
+    def _log_when_due(self) -> None:
+        now = time.monotonic()
+        if now - self.logged_at < self.every_s:
+            return
+        self.logged_at = now
+        for task in self.tasks:
+            if task.visible:
+                self.console.print(status_line(task), markup=False, highlight=False, soft_wrap=True)
+
+
+def status_line(task: Task) -> str:
+    """`files 12/49 · 3:20 elapsed · about 10:05 left · report.pdf: embedding 120/800`; fields
+    other than the ingest's `detail` are named (`loss 0.532`)."""
+    done = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total is not None else "")
+    parts = [f"{printable(task.description, one_line=True)} {done}", f"{_clock(task.elapsed or 0)} elapsed"]
+    if task.time_remaining is not None and not task.finished:
+        parts.append(f"about {_clock(task.time_remaining)} left")
+    fields = [str(value) if name == "detail" else f"{name} {value}" for name, value in task.fields.items()]
+    parts += [printable(field, one_line=True) for field in fields if field]
+    return " · ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

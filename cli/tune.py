@@ -126,13 +126,6 @@ def _train_progress() -> Any:
             logs = logs or {}
             if "loss" in logs and self.task is not None:
                 self.bar.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.3f}")
-                if not self.bar.console.is_terminal and state.global_step % 10 == 0:
-                    # A log file gets no live bar: a line every 10 steps shows progress there.
-                    elapsed = self.bar.tasks[0].elapsed or 0.0
-                    self.bar.console.print(
-                        f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.3f} ({elapsed:.0f} s)",
-                        highlight=False,
-                    )
             if "eval_loss" in logs:
                 self.bar.console.print(f"epoch {state.epoch:.2f}: validation loss {logs['eval_loss']:.4f}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import display
 from cli.main import app
 from tests.conftest import MODEL_CACHE, REPO
 
@@ -60,6 +61,17 @@ def test_ingest_the_samples_then_rerun(run, docs: Path, isolated: Path) -> None:
     for name in ["helios-h10-warranty.pdf", "helios-h10-manual.md", "faq.txt", "support.html", "海川储能电池说明.md"]:
         assert name in show.output
     assert "all-MiniLM-L6-v2" in show.output and "5 documents" in show.output
+
+
+def test_an_ingest_into_a_log_reports_its_progress_in_lines(run, docs: Path, monkeypatch) -> None:
+    """Under nohup or in CI the live bar draws nothing until the end: an hour's ingest looked hung."""
+    monkeypatch.setattr(display, "LOG_EVERY_S", 0)  # a line at every update rather than every 30 s
+    result = run("ingest", str(docs), "--kb", "sample")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("files 5/5 · ") for line in lines), result.output
+    assert any(line.startswith("chunks embedded 10 · ") for line in lines)
+    assert any(line.startswith("files ") and "faq.txt" in line for line in lines), "the file being read"
 
 
 def test_bad_file_exit_1_with_one_clear_line_and_the_rest_committed(run, docs: Path) -> None:

@@ -1,0 +1,51 @@
+"""The progress bar into a log: rich draws nothing there until the job ends, so status lines."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from cli import display
+from cli.display import LoggedProgress, progress_bar, status_line
+
+
+def console(terminal: bool) -> tuple[Console, io.StringIO]:
+    sink = io.StringIO()
+    return Console(file=sink, force_terminal=terminal, width=200), sink
+
+
+def test_into_a_log_each_update_prints_a_line_per_task_when_due(monkeypatch) -> None:
+    monkeypatch.setattr(display, "LOG_EVERY_S", 0)
+    log, sink = console(terminal=False)
+    with progress_bar(console=log) as bar:
+        files = bar.add_task("files", total=3, detail="")
+        chunks = bar.add_task("chunks embedded", total=None, detail="")
+        bar.update(files, advance=1, detail="rapport annuel.pdf")
+        bar.advance(chunks, 40)
+    lines = sink.getvalue().splitlines()
+    assert isinstance(bar, LoggedProgress)
+    assert lines[0].startswith("files 1/3 · 0:00 elapsed") and lines[0].endswith(" · rapport annuel.pdf")
+    assert lines[1].startswith("chunks embedded 0 · 0:00 elapsed"), "a count with no total yet"
+    assert lines[3].startswith("chunks embedded 40 · "), "one line per task at each update"
+
+
+def test_lines_come_at_most_every_interval_and_a_terminal_gets_the_live_bar_only() -> None:
+    log, sink = console(terminal=False)
+    with LoggedProgress(console=log, every_s=3600) as bar:
+        task = bar.add_task("questions", total=100)
+        for _ in range(100):
+            bar.advance(task)
+    assert len(sink.getvalue().splitlines()) == 1, "no line before the interval: only the final bar"
+
+    terminal, _ = console(terminal=True)
+    assert not isinstance(progress_bar(console=terminal), LoggedProgress)
+
+
+def test_a_status_line_names_its_extra_fields_and_shows_no_control_characters() -> None:
+    log, _ = console(terminal=False)
+    bar = LoggedProgress(console=log, every_s=3600)
+    task = bar.add_task("training", total=200, completed=50, loss="0.532", detail="evil\x1b[2Jname.pdf")
+    line = status_line(bar.tasks[task])
+    assert line.startswith("training 50/200 · 0:00 elapsed") and " · loss 0.532 · " in line
+    assert "\x1b" not in line and "name.pdf" in line
