@@ -72,8 +72,8 @@ $(SERVE_STAMP):
 	touch $(SERVE_STAMP)
 
 # Optional: llama.cpp compiled for this machine's CPU in place of the portable xllamacpp wheel,
-# which uses AVX2 at most.  With AVX-512 (2 cores here) the first words come a quarter sooner and
-# the whole answer a fifth (README, "llama.cpp built for this CPU").  About 6 minutes on 2 cores;
+# which uses AVX2 at most.  With AVX-512 (2 cores here) the first words come 23% sooner and
+# the whole answer 16-20% (README, "llama.cpp built for this CPU").  About 6 minutes on 2 cores;
 # needs cmake and a C++ compiler.  AMX stays off: a VM that lists it without enabling it (this
 # one) dies at the first AMX instruction.  `make setup` keeps the build while the pinned version
 # stays the same.
