@@ -4,6 +4,7 @@ obeyed: see rag.terminal), and the progress bar of every long job."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,28 @@ def progress_bar(*extra: ProgressColumn, console: Console = err) -> Progress:
 
 class LoggedProgress(Progress):
     """A progress bar for a log: an hour's ingest under `nohup` or in CI showed nothing until it
-    ended.  Each update may print one line per visible task, at most every `every_s` seconds."""
+    ended.  One line per visible task, at most every `every_s` seconds: after an update, or from a
+    ticker while nothing reports (one large file being read), so a log never looks hung."""
 
     def __init__(self, *columns: ProgressColumn, console: Console, every_s: float) -> None:
-        super().__init__(*columns, console=console)
+        super().__init__(*columns, console=console, auto_refresh=False)  # no live display to redraw
         self.every_s = every_s
         self.logged_at = time.monotonic()
+        self._ended = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        self._ended.clear()
+        self._ticker = threading.Thread(target=self._tick, name="rag-progress-log", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._ended.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        super().stop()
 
     def update(self, task_id: TaskID, **changes: Any) -> None:
         super().update(task_id, **changes)
@@ -88,14 +105,19 @@ class LoggedProgress(Progress):
         super().advance(task_id, advance)
         self._log_when_due()
 
+    def _tick(self) -> None:
+        while not self._ended.wait(max(self.every_s, 0.05)):
+            self._log_when_due()
+
     def _log_when_due(self) -> None:
-        now = time.monotonic()
-        if now - self.logged_at < self.every_s:
-            return
-        self.logged_at = now
-        for task in self.tasks:
-            if task.visible:
-                self.console.print(status_line(task), markup=False, highlight=False, soft_wrap=True)
+        with self._lock:  # the ticker and the job's own thread
+            now = time.monotonic()
+            if now - self.logged_at < self.every_s:
+                return
+            self.logged_at = now
+            lines = [status_line(task) for task in self.tasks if task.visible]
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def status_line(task: Task) -> str:
