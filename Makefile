@@ -77,15 +77,17 @@ $(SERVE_STAMP):
 # needs cmake and a C++ compiler.  AMX stays off: a VM that lists it without enabling it (this
 # one) dies at the first AMX instruction.  `make setup` keeps the build while the pinned version
 # stays the same.
-CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+# Recursive (=) variables: read only when this target runs, not on every `make`.
+CPU_FLAGS = $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 GGML_CPU := avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI
-GGML_X86 := $(foreach f,$(GGML_CPU),$(if $(filter $(word 1,$(subst :, ,$(f))),$(CPU_FLAGS)),-DGGML_$(word 2,$(subst :, ,$(f)))=ON))
-GGML_ARGS := $(if $(CPU_FLAGS),-DGGML_NATIVE=OFF $(GGML_X86),-DGGML_NATIVE=ON)
+GGML_X86 = $(foreach f,$(GGML_CPU),$(if $(filter $(word 1,$(subst :, ,$(f))),$(CPU_FLAGS)),-DGGML_$(word 2,$(subst :, ,$(f)))=ON))
+GGML_ARGS = $(if $(CPU_FLAGS),-DGGML_NATIVE=OFF $(GGML_X86),-DGGML_NATIVE=ON)
+XLLAMACPP_PIN = $(shell grep -m1 '^xllamacpp==' requirements.lock)
 
 llamacpp-native: setup
-	@echo "compiling $$(grep -m1 '^xllamacpp==' requirements.lock) with $(GGML_ARGS) (about 6 minutes on 2 cores)"
+	@echo "compiling $(XLLAMACPP_PIN) with $(GGML_ARGS) (about 6 minutes on 2 cores)"
 	NPROC=$$(nproc) CMAKE_ARGS="-DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_LLGUIDANCE=OFF $(GGML_ARGS)" \
-		$(PIP) --no-deps --force-reinstall --no-binary xllamacpp "$$(grep -m1 '^xllamacpp==' requirements.lock)"
+		$(PIP) --no-deps --force-reinstall --no-binary xllamacpp "$(XLLAMACPP_PIN)"
 	$(BIN)/python -c "import xllamacpp; print(xllamacpp.get_system_info())"
 
 demo: setup
