@@ -77,8 +77,8 @@ class LoggedProgress(Progress):
     ended.  One line per visible task, at most every `every_s` seconds: after an update, or from a
     ticker while nothing reports (one large file being read), so a log never looks hung."""
 
-    def __init__(self, *columns: ProgressColumn, console: Console, every_s: float) -> None:
-        super().__init__(*columns, console=console, auto_refresh=False)  # no live display to redraw
+    def __init__(self, *columns: ProgressColumn, console: Console, every_s: float, **options: Any) -> None:
+        super().__init__(*columns, console=console, auto_refresh=False, **options)  # no live display to redraw
         self.every_s = every_s
         self.logged_at = time.monotonic()
         self._ended = threading.Event()
@@ -125,11 +125,21 @@ def status_line(task: Task) -> str:
     other than the ingest's `detail` are named (`loss 0.532`)."""
     done = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total is not None else "")
     parts = [f"{printable(task.description, one_line=True)} {done}", f"{_clock(task.elapsed or 0)} elapsed"]
-    if task.time_remaining is not None and not task.finished:
-        parts.append(f"about {_clock(task.time_remaining)} left")
+    left = _time_left(task)
+    if left is not None:
+        parts.append(f"about {_clock(left)} left")
     fields = [str(value) if name == "detail" else f"{name} {value}" for name, value in task.fields.items()]
     parts += [printable(field, one_line=True) for field in fields if field]
     return " · ".join(parts)
+
+
+def _time_left(task: Task) -> float | None:
+    """From the whole run's pace.  rich's own estimate is the speed between its updates of the
+    last 30 s, and it stands still between them: an ingest of filings a minute each logged
+    "about 2:39 left" for 20 minutes at 9 of 49 files."""
+    if task.total is None or not task.completed or task.elapsed is None or task.finished:
+        return None
+    return task.elapsed * max(task.total - task.completed, 0) / task.completed
 
 
 def _clock(seconds: float) -> str:
