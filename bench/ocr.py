@@ -16,7 +16,7 @@ text layer or a garbled one, have no reference and are left out):
   over no text-layer character (a figure's words, an image the text layer lacks) are reported
   apart and not counted.  Compared after NFKC, without whitespace (a PDF's spaces are placed by
   the writer, not printed).  Per file and overall, English and CJK pages apart.  Target: <= 2%
-  on English pages.  A page whose text-layer boxes are scrambled (see `box_disorder`) cannot be
+  on English pages.  A page whose text-layer boxes are scrambled (see `ingest.layout.disorder`) cannot be
   compared this way: it is listed with its figure, and the totals are given without and with it.
   The older whole-page figures (page text rebuilt from the stored chunks, one
   Levenshtein over the page; and words missing or in excess, order aside) are printed beside it.
@@ -53,11 +53,6 @@ SHARED = REPO.parent / "shared" / "data"
 TOP_K = 5
 SEED = 0
 CER_TARGET = 0.02
-# Neighbouring characters of one text-layer line whose boxes run backwards or jump a line: at most
-# 6.2% on the 53 pages of ../shared/data/docs/pdf with a readable text layer, save react_paper.pdf
-# pp. 20 and 29 (13.8% and 14.0%), whose small-font prompt tables have boxes placed half a line off
-# and out of order ("Sensitive Skin, Pregnancy" lies under an OCR line as "aaotSinyast").
-SCRAMBLED_BOXES = 0.10
 RETRIEVAL_TARGET = 0.9
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _CJK_CLASS = r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]"
@@ -129,7 +124,7 @@ class PageScore:
     extra: int = 0  # characters OCR read where the text layer has none
     cjk: bool = False
     worst: tuple[int, str, str] = (0, "", "")  # the line with the most errors: (errors, text layer, OCR)
-    scrambled: bool = False  # the text layer's boxes are no reference (SCRAMBLED_BOXES)
+    scrambled: bool = False  # the text layer's boxes are no reference (SCRAMBLED)
 
 
 def aligned_error(ref: str, ref_boxes: np.ndarray, hyp: str, hyp_boxes: np.ndarray) -> PageScore:
@@ -157,32 +152,12 @@ def aligned_error(ref: str, ref_boxes: np.ndarray, hyp: str, hyp_boxes: np.ndarr
     return score
 
 
-def box_disorder(text: str, boxes: np.ndarray) -> float:
-    """The share of neighbouring characters within a text-layer line whose boxes go backwards by
-    over half a character or sit more than a character's height apart: near 0 where the boxes are
-    where the glyphs are printed (sub- and superscripts and kerning make up the rest)."""
-    bad = pairs = 0
-    prev = None
-    for ch, box in zip(text, boxes, strict=True):
-        if ch == "\n":
-            prev = None
-            continue
-        if ch.isspace() or np.isnan(box[0]):
-            continue
-        if prev is not None:
-            width, height = max(prev[2] - prev[0], 1.0), max(prev[3] - prev[1], 1.0)
-            jump = abs((box[1] + box[3]) / 2 - (prev[1] + prev[3]) / 2)
-            bad += bool(box[0] < prev[0] - 0.5 * width or jump > height)
-            pairs += 1
-        prev = box
-    return bad / max(pairs, 1)
-
-
 def aligned_cer(docs: list[Path], copies: Path, ocr, min_chars: int) -> dict[tuple[str, int], PageScore]:
     """(file, page) -> its PageScore, for the pages the original reads from its text layer, with
     each copy read by the loader an ingest uses (rendered at ocr_dpi, RapidOCR)."""
     import pypdfium2 as pdfium
 
+    from ingest.layout import scrambled
     from ingest.pdf import load_pdf, text_layer, usable
 
     out = {}
@@ -197,7 +172,7 @@ def aligned_cer(docs: list[Path], copies: Path, ocr, min_chars: int) -> dict[tup
                 if not usable(ref, min_chars) or page is None or page.layout is None:
                     continue
                 score = aligned_error(ref, layout.boxes, page.text, page.layout.boxes)
-                score.scrambled = box_disorder(ref, layout.boxes) > SCRAMBLED_BOXES
+                score.scrambled = scrambled(ref, layout)
                 out[(pdf.name, index + 1)] = score
         finally:
             original.close()
@@ -205,6 +180,8 @@ def aligned_cer(docs: list[Path], copies: Path, ocr, min_chars: int) -> dict[tup
 
 
 def print_aligned(scores: dict[tuple[str, int], PageScore], seconds: float) -> None:
+    from ingest.layout import SCRAMBLED
+
     pages = len(scores)
     print(
         f"\ncharacter error rate, line by line (the copies read again by the loader: {pages} pages in {seconds:.0f} s, "
@@ -223,7 +200,7 @@ def print_aligned(scores: dict[tuple[str, int], PageScore], seconds: float) -> N
     for (name, page), sc in sorted(scores.items()):
         if sc.scrambled:
             print(
-                f"left out: {name} p. {page}, its text-layer boxes scrambled (over {SCRAMBLED_BOXES:.0%} "
+                f"left out: {name} p. {page}, its text-layer boxes scrambled (over {SCRAMBLED:.0%} "
                 f"out of order): CER {sc.errors / max(sc.chars, 1):.2%} there"
             )
     if len(trusted) < len(scores):

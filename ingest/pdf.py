@@ -6,7 +6,9 @@ extract_text (5 s against 48 s for a 252-page 10-K here) and gives every charact
 is what lets a citation be highlighted on the page.  A page without usable text is rendered and
 read with OCR (ingest.ocr), so a mixed PDF keeps its text layer where it has one.  "Usable" is
 written here rather than left to the length of the text: a font whose map to Unicode is broken
-gives a text layer of the right length in the wrong characters (see `garbled`).
+gives a text layer of the right length in the wrong characters (see `garbled`).  A page whose
+characters are right but whose boxes are out of place (`_misplaced`) is read by OCR
+too in auto mode, for boxes a highlight can use; without OCR it keeps its text and has no boxes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import io
 import logging
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ingest.errors import LoadError
+from ingest.layout import INK_SCALE, INKLESS, inkless, scrambled
 from ingest.ocr import OcrSettings, OcrUnavailable, read_image
 from ingest.tables import pdf_tables, splice_tables
 from rag.types import Layout, Page
@@ -123,7 +127,7 @@ def _pypdf_pages(path: Path, reader: Any) -> list[Page]:
 def _pages(path: Path, document: Any, ocr: OcrSettings, progress: PageProgress | None) -> tuple[list[Page], int]:
     """Text-layer pages as they come; the pages OCR must read, after, with their own progress."""
     pages: list[Page | None] = []
-    scanned: dict[int, Page | None] = {}  # page index -> its garbled text layer, kept if OCR is missing
+    scanned: dict[int, Page | None] = {}  # page index -> its text layer (garbled, or misplaced), kept if OCR is missing
     for index in range(len(document)):
         page = document[index]
         try:
@@ -134,6 +138,13 @@ def _pages(path: Path, document: Any, ocr: OcrSettings, progress: PageProgress |
         if ocr.mode == "always" or (ocr.mode == "auto" and not usable(text, ocr.min_text_chars)):
             scanned[index] = read if ocr.mode == "auto" and garbled(text) else None
             pages.append(None)
+        elif layout is not None and _misplaced(page, text, layout):
+            # Right words, boxes in the wrong places: no highlight is better than a wrong one, and
+            # OCR's line boxes are where the lines are printed.
+            unplaced = replace(read, layout=None)
+            if ocr.mode == "auto":
+                scanned[index] = unplaced
+            pages.append(None if ocr.mode == "auto" else unplaced)
         else:
             pages.append(read)
         page.close()
@@ -144,6 +155,15 @@ def _pages(path: Path, document: Any, ocr: OcrSettings, progress: PageProgress |
     if progress is not None and scanned:
         progress(len(scanned), len(scanned))
     return [p for p in pages if p is not None], len(scanned)
+
+
+def _misplaced(page: Any, text: str, layout: Layout) -> bool:
+    """Whether the text layer's boxes are not where its glyphs are printed: out of order, and
+    then, on the page rendered, too many of them over blank paper."""
+    if not scrambled(text, layout):
+        return False
+    grey = np.asarray(page.render(scale=INK_SCALE, grayscale=True).to_pil().convert("L"))
+    return inkless(text, layout, grey, INK_SCALE) > INKLESS
 
 
 def usable(text: str, min_chars: int) -> bool:
@@ -204,7 +224,7 @@ def _ocr_page(path: Path, page: Any, number: int, ocr: OcrSettings, fallback: Pa
         image = page.render(scale=scale).to_pil()
         result = read_image(image, ocr, scale)
     except OcrUnavailable as exc:
-        if fallback is not None:  # a garbled text layer still holds the page's readable words
+        if fallback is not None:  # a garbled text layer still holds the page's readable words, a misplaced one all
             return fallback
         raise LoadError(f"page {number} has no text layer and {exc}") from exc
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.layout import chunk_boxes
+from ingest.layout import chunk_boxes, scrambled
 from ingest.loaders import LoadError, OcrSettings, load_file
 from ingest.ocr import OcrUnavailable
 from ingest.pdf import garbled
@@ -100,18 +100,28 @@ def test_a_mixed_pdf_keeps_its_text_layer_and_reads_the_scanned_page(tmp_path: P
     assert scanned.layout.width == pytest.approx(text_page.layout.width, abs=1)
 
 
-def test_a_garbled_text_layer_is_read_with_ocr_instead() -> None:
+def test_a_garbled_or_misplaced_text_layer_is_read_with_ocr_instead() -> None:
     """react_paper.pdf sets its figures' text in a font whose Unicode map is off by a constant:
-    page 2's text layer spells "Act 1: Think" as "$FW\\x14\\x1d7KLQN"."""
+    page 2's text layer spells "Act 1: Think" as "$FW\\x14\\x1d7KLQN".  On pages 20 and 29 the
+    words are right but their boxes sit half a line off and out of order, so a highlight drawn
+    from them marked the wrong lines."""
     path = shared_path("docs", "pdf", "react_paper.pdf")
     layer = {p.page_no: p for p in load(path, mode="off")}
     assert "7KLQN" in layer[2].text and garbled(layer[2].text)
     assert not any(garbled(layer[n].text) for n in layer if n not in (2, 9))
+    assert layer[20].layout is None and layer[29].layout is None, "no OCR: the words, and no boxes to misplace"
+    assert "Sensitive Skin, Pregnancy" in layer[20].text and layer[3].layout is not None
     pages = {p.page_no: p for p in load(path)}
     assert pages[2].metadata["read"] == "ocr" and pages[2].metadata["ocr_confidence"] > 0.9
     assert "Act 1: Search[Apple Remote]" in pages[2].text and "7KLQN" not in pages[2].text
     assert pages[9].metadata["read"] == "ocr" and pages[3].metadata == {"read": "text"}
     assert pages[3].text == layer[3].text  # readable pages keep their text layer
+    assert [n for n, p in pages.items() if p.metadata["read"] == "ocr"] == [2, 9, 20, 29]
+    twenty = pages[20]
+    assert twenty.layout is not None and not scrambled(twenty.text, twenty.layout)
+    at = twenty.text.index("Sensitive Skin")
+    (x0, y0, x1, y1), *_ = chunk_boxes(twenty.layout, at, at + len("Sensitive Skin"))
+    assert y1 - y0 < 15 and x1 - x0 < 0.6 * twenty.layout.width, "one line's words, where OCR read them"
 
 
 def test_without_ocr_installed_a_garbled_page_keeps_its_text_layer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,6 +134,7 @@ def test_without_ocr_installed_a_garbled_page_keeps_its_text_layer(monkeypatch: 
     path = shared_path("docs", "pdf", "react_paper.pdf")
     pages = {p.page_no: p for p in load(path)}
     assert pages[2].metadata == {"read": "text"} and "7KLQN" in pages[2].text
+    assert pages[20].layout is None and "Sensitive Skin, Pregnancy" in pages[20].text, "its words, no wrong boxes"
 
 
 def test_garbage_is_told_from_text_in_any_script() -> None:
