@@ -190,7 +190,7 @@ def search_questions(
     rows = []
     for start in range(0, len(questions), QUERY_BATCH):
         batch = questions[start : start + QUERY_BATCH]
-        vectors = retriever.embedder.encode_queries([q.question for q in batch])
+        vectors = retriever.encode_queries([q.question for q in batch])
         for q, qvec in zip(batch, vectors, strict=True):
             evidence = set(q.evidence)
             row: dict[str, Any] = {
@@ -352,5 +352,5 @@ def render_pages_markdown(report: dict[str, Any]) -> str:
         lines += [_row(["type", "questions", f"own hit@{k}", f"whole hit@{k}"]), _row(["---"] * 4)]
         for kind, m in run["by_type"].items():
             lines.append(_row([kind, str(m["questions"]), f"{m[f'own_hit@{k}']:.3f}", f"{m[f'all_hit@{k}']:.3f}"]))
-    lines += ["", "Every question's evidence pages and retrieved (file, page) lists: runs/<configuration>.json.", ""]
+    lines += ["", "Every question's evidence pages and retrieved (file, page) lists: `runs/<configuration>.json`.", ""]
     return "\n".join(lines)

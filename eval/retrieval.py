@@ -160,7 +160,7 @@ def run_queries(
     for start in range(0, len(ids), QUERY_BATCH):
         batch = ids[start : start + QUERY_BATCH]
         # Encoded in batches even for bm25: every hit carries its cosine similarity.
-        vectors = retriever.embedder.encode_queries([queries[q] for q in batch])
+        vectors = retriever.encode_queries([queries[q] for q in batch])
         for qid, qvec in zip(batch, vectors, strict=True):
             hits = [
                 h for r in searchers for h in r.search(queries[qid], top_k=depth, mode=mode, query_vector=qvec).hits

@@ -207,6 +207,16 @@ class RetrieveSettings(_Section):
         "limit. 1 found an evidence page in the top 5 for 0.530 of FinanceBench dev's questions against 0.446 "
         "unlimited (a page's several chunks had taken 30% of the places)",
     )
+    expansions: list[str] = Field(
+        default_factory=lambda: ["finance"],
+        description="lexicons that add the documents' words to a question's (built-in: finance; or a TOML "
+        "file's path); [] for none. The question as asked is what the gate and the LLM see",
+    )
+    expand_dense: bool = Field(
+        False,
+        description="the dense retriever embeds the expanded question too (FinanceBench dev: the same hit@5 "
+        "in a question's own filing, 0.024 lower across all 49)",
+    )
     rerank_model: str | None = Field(None, description="cross-encoder (hub id or local folder); off when unset")
     rerank_candidates: int = Field(
         20, ge=1, description="fused passages the cross-encoder reorders (a deeper top_k gets the rest as fused)"
@@ -238,6 +248,16 @@ class RetrieveSettings(_Section):
         description="the cosine gate for Chinese questions; off by default because the default embedder "
         "is English-only (its Chinese similarities are noise): set it when embed.model is multilingual",
     )
+
+    @field_validator("expansions")
+    @classmethod
+    def _lexicons_load(cls, names: list[str]) -> list[str]:
+        """Read now, so a missing or broken lexicon stops `rag` at start with its file and reason,
+        not the first question."""
+        from rag.expansion import load_lexicon
+
+        load_lexicon(names)
+        return names
 
 
 class LLMSettings(_Section):

@@ -16,6 +16,7 @@ import numpy as np
 
 from rag.config import RetrieveSettings
 from rag.embed import Embedder
+from rag.expansion import Lexicon, load_lexicon
 from rag.lexical import language, tokenize
 from rag.openmp import gives_back_threads
 from rag.reranker import Reranker, RerankerError
@@ -56,7 +57,14 @@ class Retriever:
         self.kb = kb
         self.embedder = embedder
         self.settings = settings
+        self.lexicon: Lexicon = load_lexicon(settings.expansions)
         self._reranker: Reranker | None = None
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """The dense retriever's vectors for `queries` (expanded by the lexicons when expand_dense)."""
+        if self.settings.expand_dense:
+            queries = [self.lexicon.expand(q) for q in queries]
+        return self.embedder.encode_queries(queries)
 
     # ---- public ----------------------------------------------------------------------------
     @gives_back_threads  # a query's torch work must not slow the answer's generation (rag.openmp)
@@ -74,11 +82,12 @@ class Retriever:
         mode = mode or s.mode
         top_k = top_k or s.top_k
         allowed = self.kb.allowed(filters) if filters and filters.active() else None
-        qvec = query_vector if query_vector is not None else self.embedder.encode_queries([query])[0]
-        ranked = self._candidates(mode, query, qvec, s.candidates, allowed)
+        qvec = query_vector if query_vector is not None else self.encode_queries([query])[0]
+        lexical_query = self.lexicon.expand(query)
+        ranked = self._candidates(mode, lexical_query, qvec, s.candidates, allowed)
         complete = None
         if mode == "hybrid" and s.fusion != "rrf":
-            complete = self._complete_scores(ranked, qvec, query)
+            complete = self._complete_scores(ranked, qvec, lexical_query)
         zh = language(query) == "zh"
         dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
         weights = {"dense": dense_weight, "bm25": s.bm25_weight}
