@@ -162,7 +162,10 @@ def _misplaced(page: Any, text: str, layout: Layout) -> bool:
     then, on the page rendered, too many of them over blank paper."""
     if not scrambled(text, layout):
         return False
-    grey = np.asarray(page.render(scale=INK_SCALE, grayscale=True).to_pil().convert("L"))
+    try:
+        grey = np.asarray(page.render(scale=INK_SCALE, grayscale=True).to_pil().convert("L"))
+    except Exception:  # a page pdfium cannot draw keeps its text and boxes: nothing shows them wrong
+        return False
     return inkless(text, layout, grey, INK_SCALE) > INKLESS
 
 

@@ -254,3 +254,23 @@ def test_an_ingest_reads_scans_photos_and_says_which_pages_were_ocred(settings, 
         (top,) = base.chunks([hits[0][0]]).values()
         assert top.source.endswith("photo.jpg") and top.metadata["read"] == "ocr"
         assert top.metadata["boxes"] and top.metadata["page_size"] == [1100, 700]
+
+
+def test_a_page_that_cannot_be_drawn_keeps_its_text_and_boxes() -> None:
+    """Checking the boxes means drawing the page; a page pdfium cannot draw is not failed for it."""
+    import pypdfium2 as pdfium
+
+    from ingest.pdf import _misplaced, text_layer
+
+    document = pdfium.PdfDocument(str(shared_path("docs", "pdf", "react_paper.pdf")))
+    try:
+        text, layout = text_layer(document[19])
+
+        class Undrawable:
+            def render(self, **_: object) -> None:
+                raise pdfium.PdfiumError("Failed to render page")
+
+        assert not _misplaced(Undrawable(), text, layout)
+        assert _misplaced(document[19], text, layout), "drawn, page 20's boxes are found misplaced"
+    finally:
+        document.close()
