@@ -38,7 +38,9 @@ from rag.types import Chunk, Page
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 
 _CONTEXT_CHARS = 160  # title and heading path, each about 30 tokens at most: they ride in the embedder window
-CHUNKER_VERSION = "recursive-v2"  # v2: Markdown tables split between rows, header repeated
+# v2: Markdown tables split between rows, header repeated; v3: a PDF table's header line above its
+# rules, amounts aligned under it, and a short title before a table kept in its first chunk.
+CHUNKER_VERSION = "recursive-v3"
 
 Progress = Callable[[int, int], None]
 
@@ -63,6 +65,9 @@ _TABLE_BLOCK = re.compile(r"^\|[^\n]*(?:\n\|[^\n]*)+", re.MULTILINE)
 _TABLE_SEPARATOR = re.compile(r"\|(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t\r]*")
 # A header taking more than this share of `size` is not repeated: the pieces would be mostly header.
 _MAX_HEADER_SHARE = 0.5
+# Text before a table taking at most this share of `size` shares the table's first chunk.
+_MAX_TITLE_SHARE = 0.25
+_JOIN_SLACK = 2  # tokens the line breaks between a title and its table may add
 
 # (start in the page, text, known to fit, characters of repeated table header at the front of text)
 Piece = tuple[int, str, bool, int]
@@ -144,16 +149,28 @@ class Chunker:
                 split = _PageSplit(text[done:a], self.settings, self.max_tokens, counter, sub).run()
                 pieces += [(done + start, piece, fits, 0) for start, piece, fits in split]
             if a < b:
-                rows = self._table_pieces(text, a, b, counter)
-                if pieces and pieces[-1][3] == 0 and pieces[-1][0] < a:
+                before = pieces[-1] if pieces and pieces[-1][3] == 0 and pieces[-1][0] < a else None
+                lead = self._title_tokens(before, counter)
+                rows = self._table_pieces(text, a, b, counter, lead)
+                if before is not None:
                     rows[0:1] = self._join_before(text, pieces.pop(), rows[0], counter)
                 pieces += rows
             done = b
         return self._enforce_limit(pieces, counter, progress)
 
-    def _table_pieces(self, text: str, a: int, b: int, counter: _TokenCounter) -> list[Piece]:
+    def _title_tokens(self, before: Piece | None, counter: _TokenCounter) -> int:
+        """Room to leave in a table's first chunk for the short text just before it (a statement's
+        title: "Consolidated Statement of Income / Years ended December 31"), so the two stay one
+        chunk; 0 when that text is long enough to stand alone."""
+        if before is None:
+            return 0
+        tokens = int(np.diff(counter.token_starts([before[1]])[1])[0]) + _JOIN_SLACK
+        return tokens if tokens <= self.settings.size * _MAX_TITLE_SHARE else 0
+
+    def _table_pieces(self, text: str, a: int, b: int, counter: _TokenCounter, lead: int = 0) -> list[Piece]:
         """The Markdown table text[a:b] in chunks of whole rows, at most `size` tokens each where
-        a row allows; every chunk after the first starts with the header and separator lines."""
+        a row allows; every chunk after the first starts with the header and separator lines.
+        `lead`: tokens the first chunk leaves for the text before the table."""
         starts = [a] + [a + i + 1 for i, ch in enumerate(text[a:b]) if ch == "\n"]
         lines = [text[s:e].rstrip() for s, e in zip(starts, [s - 1 for s in starts[1:]] + [b], strict=True)]
         ends = [s + len(line) for s, line in zip(starts, lines, strict=True)]
@@ -173,14 +190,14 @@ class Chunker:
             return (starts[first], prefix + body, self.wordpiece and tokens <= self.max_tokens, len(prefix))
 
         pieces: list[Piece] = []
-        first, tokens, rows = 0, head_tokens, 0
+        first, tokens, rows = 0, head_tokens + lead, 0
         for k in range(2, len(lines)):
             if rows and tokens + counts[k] > self.settings.size:
-                pieces.append(piece(first, k - 1, tokens))
+                pieces.append(piece(first, k - 1, tokens - (lead if first == 0 else 0)))
                 first, tokens, rows = k, head_tokens if repeat else 0, 0
             tokens += counts[k]
             rows += 1
-        pieces.append(piece(first, len(lines) - 1, tokens))
+        pieces.append(piece(first, len(lines) - 1, tokens - (lead if first == 0 else 0)))
         return pieces
 
     def _join_before(self, text: str, before: Piece, first: Piece, counter: _TokenCounter) -> list[Piece]:

@@ -52,6 +52,14 @@ _RULE_THICKNESS = 3.0
 _CID = re.compile(r"\(cid:\d+\)")
 _MOSTLY_CID = 0.3
 
+_CURRENCY = frozenset({"$", "€", "£", "¥", "US$"})
+
+# A header line above a table stands at most this many of its line heights from the table's top.
+_HEADER_GAP = 1.5
+_YEAR = re.compile(r"(19|20)\d\d")
+# A cell that holds an amount, not words: "34,229", "(1,749)", "$", "12.5%", "—".
+_VALUE = re.compile(r"[$€£¥(\-—–]*\s*[\d,.]*\d?%?\)?|[—–-]")
+
 
 @dataclass(frozen=True)
 class Table:
@@ -75,7 +83,7 @@ def markdown_lines(rows: Sequence[Sequence[object]]) -> list[tuple[int | None, s
     for the separator line), so a caller can place each line where its row is."""
     cells = [[_cell(c) for c in row] for row in rows]
     width = max((len(r) for r in cells), default=0)
-    cells = [r + [""] * (width - len(r)) for r in cells]
+    cells = _amounts_aligned([r + [""] * (width - len(r)) for r in cells])
     keep_cols = [j for j in range(width) if any(r[j] for r in cells)]
     kept = [(i, [r[j] for j in keep_cols]) for i, r in enumerate(cells) if any(r[j] for j in keep_cols)]
     if not kept:
@@ -83,6 +91,26 @@ def markdown_lines(rows: Sequence[Sequence[object]]) -> list[tuple[int | None, s
     lines = [(i, "| " + " | ".join(r) + " |") for i, r in kept]
     lines.insert(1, (None, "|" + " --- |" * len(keep_cols)))
     return lines
+
+
+def _amounts_aligned(cells: list[list[str]]) -> list[list[str]]:
+    """Amounts split over two columns joined into one.  Filings set "$" in a column of its own,
+    and pdfplumber puts a row's amount in that column when the row has no "$" (the cells merge),
+    so "| Net sales | $ | 34,229 |" stood above "| Cost of sales | 19,232 |  |".  A column of
+    amounts and currency signs is joined to the next one when no row holds an amount in both;
+    a header cell above it stops the join, so columns a header names stay apart."""
+    for j in range(len(cells[0]) - 1 if cells else 0):
+        pairs = [(r[j], r[j + 1]) for r in cells]
+        if not any(a for a, _ in pairs) or not any(b for _, b in pairs):
+            continue
+        if all(not a or (a in _CURRENCY and _is_value(b)) or (not b and _is_value(a)) for a, b in pairs):
+            for r in cells:
+                r[j], r[j + 1] = "", r[j] + r[j + 1]
+    return cells
+
+
+def _is_value(cell: str) -> bool:
+    return _VALUE.fullmatch(cell) is not None
 
 
 def to_markdown(rows: Sequence[Sequence[object]]) -> str:
@@ -200,10 +228,58 @@ def _page_tables(page) -> list[Table]:
         columns = lines[1][1].count("---") if len(lines) > 1 else 0
         if len(shown_rows) < 2 or columns < 2:
             continue
-        tables.append(
-            Table([[c or "" for c in r] for r in rows], [shift(r.bbox) for r in found.rows], shift(found.bbox))
-        )
+        rows = [[c or "" for c in r] for r in rows]
+        row_boxes, bbox = [r.bbox for r in found.rows], found.bbox
+        header = _header_above(page, found, rows)
+        if header is not None:
+            cells, box = header
+            rows, row_boxes = [cells, *rows], [box, *row_boxes]
+            bbox = (min(bbox[0], box[0]), box[1], max(bbox[2], box[2]), bbox[3])
+        tables.append(Table(rows, [shift(b) for b in row_boxes], shift(bbox)))
     return sorted(tables, key=lambda t: (t.bbox[1], t.bbox[0]))
+
+
+def _header_above(page, found, rows: list[list[str]]) -> tuple[list[str], Box] | None:
+    """The line just above a ruled table that names its value columns, as the table's header row,
+    with its box; None when there is none.
+
+    Annual reports rule a statement's body and set the years above the rules, so pdfplumber's
+    table starts at "Net sales | $ | 34,229" and every number loses its year.  The line is taken
+    when it stands within one and a half line heights of the table's top, each of its words lies
+    within one column, two or more of them over value columns, and the table's first row has
+    neither words nor years there (a table that already names its columns keeps its header)."""
+    x0, top, x1, _ = found.bbox
+    above = page.crop((x0, max(page.bbox[1], top - 40), x1, top), strict=False).extract_words()
+    if not above:
+        return None
+    lowest = max(w["bottom"] for w in above)
+    line = sorted((w for w in above if w["bottom"] > lowest - w["height"] / 2), key=lambda w: w["x0"])
+    height = max(w["height"] for w in line)
+    if top - lowest > _HEADER_GAP * height:
+        return None
+    spans = _column_spans(found, len(rows[0]))
+    cells: list[list[str]] = [[] for _ in spans]
+    for word in line:
+        column = next((j for j, (a, b) in enumerate(spans) if a - 1 <= word["x0"] and word["x1"] <= b + 1), None)
+        if column is None:
+            return None  # a word across a column's edge: a paragraph's line, not a header
+        cells[column].append(word["text"])
+    named = [j for j in range(1, len(cells)) if cells[j]]
+    own = [rows[0][j].strip() for j in named if rows[0][j].strip()]
+    if len(named) < 2 or any(not _is_value(c) or _YEAR.fullmatch(c) for c in own):
+        return None
+    box = (min(w["x0"] for w in line), min(w["top"] for w in line), max(w["x1"] for w in line), lowest)
+    return [" ".join(c) for c in cells], box
+
+
+def _column_spans(found, width: int) -> list[tuple[float, float]]:
+    """Each column's left and right edge: its narrowest cell in any row (merged cells span several)."""
+    spans: list[tuple[float, float] | None] = [None] * width
+    for row in found.rows:
+        for j, cell in enumerate(row.cells[:width]):
+            if cell is not None and (spans[j] is None or cell[2] - cell[0] < spans[j][1] - spans[j][0]):
+                spans[j] = (cell[0], cell[2])
+    return [s if s is not None else (float("nan"), float("nan")) for s in spans]
 
 
 def _unreadable(rows: Sequence[Sequence[object]]) -> bool:

@@ -393,6 +393,19 @@ def test_a_short_title_shares_the_first_table_chunk_and_text_after_the_table_is_
     assert [c.text for c in chunks[1:]] == [c.text for c in chunker.split_pages([Page(after, "w.md")])]
 
 
+def test_a_statements_title_stays_with_a_long_table_that_fills_its_chunks(embedder) -> None:
+    from ingest.tables import to_markdown
+    from tests.fixtures.tables import TITLE, cash_flow_rows
+
+    title = f"{TITLE}\nYears ended December 31"
+    chunker = make(embedder, 250, 32)
+    chunks = chunker.split_pages([Page(f"{title}\n\n{to_markdown(cash_flow_rows(80))}", "cf.md")])
+    first = chunks[0].text
+    assert first.startswith(title) and "| --- |" in first and "| Net income including" in first
+    assert all(chunker.count_tokens(c.text) <= 250 for c in chunks)
+    assert sum(c.text.startswith(TITLE) for c in chunks) == 1
+
+
 def test_a_row_longer_than_a_chunk_is_kept_whole_with_the_header(embedder) -> None:
     from ingest.tables import to_markdown
 

@@ -18,10 +18,12 @@ from tests.fixtures.documents import write_pdf
 from tests.fixtures.tables import (
     CAPEX,
     CAPEX_VALUES,
+    FILING_ROWS,
     HEADER,
     TITLE,
     cash_flow_rows,
     pdfium_text_pages,
+    write_filing_pdf,
     write_table_pdf,
 )
 
@@ -51,7 +53,44 @@ def test_markdown_has_a_header_a_separator_and_escaped_cells() -> None:
     assert to_markdown([["", None], [" ", ""]]) == ""
 
 
+def test_amounts_split_over_a_currency_column_line_up_under_their_year() -> None:
+    # as pdfplumber reads a filing: "$" has a column, and a row without "$" has its amount there
+    rows = [
+        ["(Millions)", "", "", "2022", "", "", "2021"],
+        ["Net sales", "", "$", "34,229", "", "$", "35,355"],
+        ["Cost of sales", "", "19,232", "", "", "18,795", ""],
+        ["Other", "", "—", "", "", "(12)", ""],
+    ]
+    assert to_markdown(rows).splitlines() == [
+        "| (Millions) | 2022 | 2021 |",
+        "| --- | --- | --- |",
+        "| Net sales | $34,229 | $35,355 |",
+        "| Cost of sales | 19,232 | 18,795 |",
+        "| Other | — | (12) |",
+    ]
+    named = [["part", "Q1", "Q2"], ["a", "5", ""], ["b", "", "7"]]  # a header keeps named columns apart
+    assert to_markdown(named).splitlines()[2:] == ["| a | 5 |  |", "| b |  | 7 |"]
+
+
 # ---- finding tables in a PDF -------------------------------------------------------------------
+def test_the_years_set_above_a_filings_rules_become_its_header(tmp_path: Path) -> None:
+    data = write_filing_pdf(tmp_path / "income.pdf").read_bytes()
+    (table,) = pdf_tables(data, range(1))[0]
+    assert table.rows[0][0] == FILING_ROWS[0][0] and [c for c in table.rows[0][1:] if c] == ["2022", "2021"]
+    assert table.bbox[1] == table.row_boxes[0][1] < table.row_boxes[1][1], "the table's box takes in the line"
+    assert to_markdown(table.rows).splitlines()[:4] == [
+        "| (Millions, except per share amounts) | 2022 | 2021 |",
+        "| --- | --- | --- |",
+        "| Net sales | $34,229 | $35,355 |",
+        "| Cost of sales | 19,232 | 18,795 |",
+    ]
+    (page,) = loaders.load_file(tmp_path / "income.pdf", data)
+    assert page.text.count("2022") == 1 and "| Operating income | $6,539 | $7,369 |" in page.text
+    # a table that names its own columns keeps its first row as the header
+    (ruled,) = pdf_tables(write_table_pdf(tmp_path / "ruled.pdf").read_bytes(), range(1))[0]
+    assert ruled.rows[0] == HEADER
+
+
 def test_unmapped_glyphs_are_dropped_from_cells_and_a_table_of_them_is_no_table() -> None:
     assert to_markdown([["item", "2019(cid:3)"], ["Capex", "(cid:80)(1,699)"]]).splitlines()[2] == "| Capex | (1,699) |"
     react = shared_path("docs", "pdf", "react_paper.pdf")
