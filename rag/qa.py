@@ -18,7 +18,14 @@ from langchain_core.language_models import BaseChatModel
 from rag import prompts
 from rag.config import Settings
 from rag.evidence import Box, attribute, layout_json, on_page
-from rag.extractive import QuestionEcho, echo_reason, extract, without_repeats
+from rag.extractive import (
+    QuestionEcho,
+    echo_reason,
+    extract,
+    stutter_reason,
+    ungrounded_reason,
+    without_repeats,
+)
 from rag.llm import Deadline, LLMError, invoke_within, stream_within, with_token_limit
 from rag.retrieve import Filters, Hit, Retrieval, Retriever
 
@@ -197,8 +204,9 @@ class QA:
         answer.timings["generate_ms"] = _ms(t_start, time.perf_counter())
         answer.answer = "".join(parts).strip()
         if repair:
-            answer.answer = without_repeats(answer.answer)
-            self._extract_if_no_answer(answer)
+            said = answer.answer
+            answer.answer = without_repeats(said)
+            self._extract_if_no_answer(answer, stutter_reason(said))
         if not shown and answer.answer:  # held back as a possible echo: the extracted answer, or the text after all
             yield answer.answer
         parsed = prompts.parse_citations(answer.answer, len(answer.context))
@@ -247,12 +255,19 @@ class QA:
             held = None
         return held is None
 
-    def _extract_if_no_answer(self, answer: Answer) -> None:
-        """An echo of the question or a copy of the passages is replaced by the passages' own sentences."""
+    def _extract_if_no_answer(self, answer: Answer, reason: str | None) -> None:
+        """An answer that broke down (`reason`), an echo of the question, a copy of the passages,
+        or an answer they do not ground is replaced by the passages' own sentences."""
         if answer.error or _is_refusal(answer.answer, answer.language):
             return
-        reason = echo_reason(answer.answer, answer.standalone_question, [h.chunk.text for h in answer.context])
-        text = extract(answer.standalone_question, answer.context)[0] if reason else ""
+        passages = [h.chunk.text for h in answer.context]
+        question = answer.standalone_question
+        reason = (
+            reason
+            or echo_reason(answer.answer, question, passages)
+            or ungrounded_reason(answer.answer, question, passages)
+        )
+        text = extract(question, answer.context)[0] if reason else ""
         if text:
             answer.answer, answer.extracted = text, reason
 
