@@ -157,13 +157,16 @@ def answer_html(text: str, linked: Callable[[int], str | None]) -> str:
 
 
 def _escape(text: str) -> str:
-    return html.escape(text).replace("[", "&#91;").replace("]", "&#93;")
+    """HTML escaped, and "[", "]" and "$" as entities: Streamlit's Markdown reads text between two
+    "$" as LaTeX, which turned "Net sales, 2022: $34,229 … $35,355" into a formula."""
+    return html.escape(text).replace("[", "&#91;").replace("]", "&#93;").replace("$", "&#36;")
 
 
 def _html_text(text: str) -> str:
     """Plain text as one line of HTML: a Markdown HTML block ends at a blank line, after which
-    document text would be read as Markdown (a '#' line becoming a heading)."""
-    return html.escape(text).replace("\r", "").replace("\n", "<br>")
+    document text would be read as Markdown (a '#' line becoming a heading); "$" as an entity,
+    as in `_escape`."""
+    return html.escape(text).replace("\r", "").replace("\n", "<br>").replace("$", "&#36;")
 
 
 def snippet_html(text: str, spans: list[tuple[int, int]]) -> str:

@@ -115,6 +115,8 @@ def test_answer_text_is_escaped_and_only_real_citations_become_links() -> None:
     assert '&#91;2&#93;<a class="rag-cite" href="#src-7-3">&#91;3&#93;</a>' in out
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "](" not in out.replace("&#93;(", "")  # no Markdown link survives
+    dollars = answer_html("Net sales, 2022: $34,229 [1] and 2021: $35,355", lambda n: None)
+    assert "$" not in dollars and dollars.count("&#36;") == 2  # two "$" would render as a LaTeX formula
 
 
 def test_sentences_that_back_the_answer_are_the_ones_highlighted() -> None:
