@@ -54,8 +54,11 @@ _MOSTLY_CID = 0.3
 
 _CURRENCY = frozenset({"$", "€", "£", "¥", "US$"})
 
-# A header line above a table stands at most this many of its line heights from the table's top.
+# A header line above a table stands at most this many of its line heights from the one below it,
+# and a header reaches at most this many points above the table.
 _HEADER_GAP = 1.5
+_HEADER_REACH = 80.0
+_OVERHANG = 3.0  # points a heading's word may stand outside its column
 _YEAR = re.compile(r"(19|20)\d\d")
 # A cell that holds an amount, not words: "34,229", "(1,749)", "$", "12.5%", "—".
 _VALUE = re.compile(r"[$€£¥(\-—–]*\s*[\d,.]*\d?%?\)?|[—–-]")
@@ -240,36 +243,57 @@ def _page_tables(page) -> list[Table]:
 
 
 def _header_above(page, found, rows: list[list[str]]) -> tuple[list[str], Box] | None:
-    """The line just above a ruled table that names its value columns, as the table's header row,
-    with its box; None when there is none.
+    """The lines just above a ruled table that name its value columns, as the table's header row,
+    with their box; None when there are none.
 
     Annual reports rule a statement's body and set the years above the rules, so pdfplumber's
-    table starts at "Net sales | $ | 34,229" and every number loses its year.  The line is taken
-    when it stands within one and a half line heights of the table's top, each of its words lies
-    within one column, two or more of them over value columns, and the table's first row has
-    neither words nor years there (a table that already names its columns keeps its header)."""
+    table starts at "Net sales | $ | 34,229" and every number loses its year; a share-repurchase
+    table sets "Total Number of / Shares Purchased" over four lines.  Lines are taken from the
+    table's top upwards while each stands within one and a half line heights of the one below,
+    every word lies within one column, and some word lies over a value column (a title or a
+    paragraph's line stops it).  Two or more value columns must be named, and the table's first
+    row must have neither words nor years there (a table that names its columns keeps its own)."""
     x0, top, x1, _ = found.bbox
-    above = page.crop((x0, max(page.bbox[1], top - 40), x1, top), strict=False).extract_words()
-    if not above:
-        return None
-    lowest = max(w["bottom"] for w in above)
-    line = sorted((w for w in above if w["bottom"] > lowest - w["height"] / 2), key=lambda w: w["x0"])
-    height = max(w["height"] for w in line)
-    if top - lowest > _HEADER_GAP * height:
-        return None
+    words = page.crop((x0, max(page.bbox[1], top - _HEADER_REACH), x1, top), strict=False).extract_words()
     spans = _column_spans(found, len(rows[0]))
     cells: list[list[str]] = [[] for _ in spans]
-    for word in line:
-        column = next((j for j, (a, b) in enumerate(spans) if a - 1 <= word["x0"] and word["x1"] <= b + 1), None)
-        if column is None:
-            return None  # a word across a column's edge: a paragraph's line, not a header
-        cells[column].append(word["text"])
+    taken: list[dict] = []
+    below = top
+    for line in _lines_upwards(words):
+        height = max(w["height"] for w in line)
+        columns = [_column_of(w, spans) for w in line]
+        if below - max(w["bottom"] for w in line) > _HEADER_GAP * height or None in columns or max(columns) < 1:
+            break
+        for word, j in zip(reversed(line), reversed(columns), strict=True):
+            cells[j].insert(0, word["text"])
+        taken += line
+        below = min(w["top"] for w in line)
     named = [j for j in range(1, len(cells)) if cells[j]]
     own = [rows[0][j].strip() for j in named if rows[0][j].strip()]
     if len(named) < 2 or any(not _is_value(c) or _YEAR.fullmatch(c) for c in own):
         return None
-    box = (min(w["x0"] for w in line), min(w["top"] for w in line), max(w["x1"] for w in line), lowest)
+    box = (min(w["x0"] for w in taken), below, max(w["x1"] for w in taken), max(w["bottom"] for w in taken))
     return [" ".join(c) for c in cells], box
+
+
+def _lines_upwards(words: list[dict]) -> list[list[dict]]:
+    """Words grouped into lines (a word joins a line when their bottoms are within half its
+    height), lowest line first, each left to right."""
+    lines: list[list[dict]] = []
+    for word in sorted(words, key=lambda w: -w["bottom"]):
+        if lines and lines[-1][0]["bottom"] - word["bottom"] <= word["height"] / 2:
+            lines[-1].append(word)
+        else:
+            lines.append([word])
+    return [sorted(line, key=lambda w: w["x0"]) for line in lines]
+
+
+def _column_of(word: dict, spans: list[tuple[float, float]]) -> int | None:
+    """The column that holds the whole word (centred headings overhang a little), or None when it
+    crosses a column's edge."""
+    x0, x1 = word["x0"], word["x1"]
+    holding = [j for j, (a, b) in enumerate(spans) if a - _OVERHANG <= x0 and x1 <= b + _OVERHANG]
+    return max(holding, key=lambda j: min(x1, spans[j][1]) - max(x0, spans[j][0]), default=None)
 
 
 def _column_spans(found, width: int) -> list[tuple[float, float]]:

@@ -376,12 +376,15 @@ def test_a_long_table_is_split_between_rows_and_every_piece_repeats_the_header(e
         assert chunk.text[repeated:] == text[chunk.char_start : chunk.char_end]
         assert chunk.metadata["read"] == "text"
     assert seen == rows  # every row once, in order: no overlap inside a table
-    assert table_chunks[0].metadata.get("repeated_header") is None
+    first, repeated = table_chunks[0], table_chunks[0].metadata.get("repeated_header")
+    assert repeated is None or text.startswith(first.text[:repeated].rstrip()), "only a short intro is repeated"
     assert all(c.metadata["repeated_header"] > 0 for c in table_chunks[1:])
     assert "|" not in "".join(c.text for c in chunks if c not in table_chunks)
 
 
-def test_a_short_title_shares_the_first_table_chunk_and_text_after_the_table_is_split_as_before(embedder) -> None:
+def test_a_short_title_is_repeated_in_the_first_table_chunk_and_text_after_the_table_is_split_as_before(
+    embedder,
+) -> None:
     from ingest.tables import to_markdown
 
     table = to_markdown([["part", "warranty"], ["module", "10 years"], ["inverter", "5 years"]])
@@ -389,21 +392,29 @@ def test_a_short_title_shares_the_first_table_chunk_and_text_after_the_table_is_
     text = f"Warranty terms\n\n{table}\n\n{after}"
     chunker = make(embedder, 60, 10)
     chunks = chunker.split_pages([Page(text, "w.md")])
-    assert chunks[0].text == f"Warranty terms\n\n{table}"
-    assert [c.text for c in chunks[1:]] == [c.text for c in chunker.split_pages([Page(after, "w.md")])]
+    assert [c.text for c in chunks[:2]] == ["Warranty terms", f"Warranty terms\n\n{table}"]
+    assert text[chunks[1].char_start : chunks[1].char_end] == table
+    assert [c.text for c in chunks[2:]] == [c.text for c in chunker.split_pages([Page(after, "w.md")])]
+    intro = "The warranty terms below depend on the part and on how the system was installed and used. "
+    joined = chunker.split_pages([Page(f"{intro}\n\n{table}", "w.md")])  # longer text: one chunk when it fits
+    assert joined[0].text == f"{intro}\n\n{table}"
 
 
-def test_a_statements_title_stays_with_a_long_table_that_fills_its_chunks(embedder) -> None:
+def test_a_statements_title_is_repeated_in_a_long_tables_first_chunk(embedder) -> None:
     from ingest.tables import to_markdown
     from tests.fixtures.tables import TITLE, cash_flow_rows
 
     title = f"{TITLE}\nYears ended December 31"
+    text = f"{title}\n\n{to_markdown(cash_flow_rows(80))}"
     chunker = make(embedder, 250, 32)
-    chunks = chunker.split_pages([Page(f"{title}\n\n{to_markdown(cash_flow_rows(80))}", "cf.md")])
-    first = chunks[0].text
-    assert first.startswith(title) and "| --- |" in first and "| Net income including" in first
+    chunks = chunker.split_pages([Page(text, "cf.md")])
+    assert chunks[0].text == title, "the title stays a chunk of its own"
+    first = chunks[1]
+    assert first.text.startswith(title) and "| --- |" in first.text and "| Net income including" in first.text
+    assert first.text[first.metadata["repeated_header"] :] == text[first.char_start : first.char_end]
+    assert text[first.char_start :].startswith("| (in millions"), "its span is the table's"
     assert all(chunker.count_tokens(c.text) <= 250 for c in chunks)
-    assert sum(c.text.startswith(TITLE) for c in chunks) == 1
+    assert sum(c.text.startswith(TITLE) for c in chunks) == 2
 
 
 def test_a_row_longer_than_a_chunk_is_kept_whole_with_the_header(embedder) -> None:
