@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -264,16 +264,35 @@ def _spread_over_pages(hits: list[Hit], cap: int | None) -> list[Hit]:
     if cap is None:
         return hits
     taken: Counter[tuple[str, int]] = Counter()
-    kept = []
+    kept: list[Hit] = []
     for hit in hits:
         chunk = hit.chunk
         if chunk.page_no is not None and "sheet" not in chunk.metadata:
             page = (chunk.source, chunk.page_no)
             if taken[page] >= cap:
+                _widen(kept, hit)
                 continue
             taken[page] += 1
         kept.append(hit)
     return kept
+
+
+def _widen(kept: list[Hit], hit: Hit) -> None:
+    """A kept hit whose whole text `hit` repeats at its head (a statement's title, which the
+    chunker repeats in its table's first chunk) gives its place to `hit`: the page keeps the
+    title's rank, and the model is given the rows the title names, not the title alone."""
+    if not hit.chunk.metadata.get("repeated_header"):
+        return
+    for i, other in enumerate(kept):
+        same_page = (other.chunk.source, other.chunk.page_no) == (hit.chunk.source, hit.chunk.page_no)
+        if same_page and hit.chunk.text.startswith(other.chunk.text.rstrip()):
+            kept[i] = replace(
+                hit,
+                score=other.score,
+                similarity=max(hit.similarity, other.similarity),
+                coverage=max(hit.coverage, other.coverage),
+            )
+            return
 
 
 def _coverage(q_tokens: set[str], chunk_tokens: set[str]) -> float:

@@ -319,3 +319,21 @@ def test_one_pdf_page_cannot_fill_the_top_k_but_a_sheet_can(tmp_path: Path, embe
         sheet = Filters(path_glob="log.xlsx")
         rows = Retriever(kb, embedder, RetrieveSettings()).search(question, top_k=3, filters=sheet)
         assert len(rows.hits) == 3 and {h.chunk.page_no for h in rows.hits} == {1}
+
+
+def test_a_title_that_stands_for_its_page_gives_its_place_to_the_chunk_that_repeats_it() -> None:
+    from rag.retrieve import Hit, _spread_over_pages
+    from rag.types import Chunk
+
+    title = "Consolidated Statement of Income\nYears ended December 31"
+    rows = f"{title}\n\n| (Millions) | 2022 |\n| --- | --- |\n| Net sales | $34,229 |"
+
+    def hit(text: str, page: int, score: float, **meta) -> Hit:
+        return Hit(Chunk(text, "10k.pdf", page, 0, 0, len(text), meta), score, similarity=score / 4, coverage=0.5)
+
+    hits = [hit(title, 48, 2.0), hit("Notes to the statements", 52, 1.5), hit(rows, 48, 1.2, repeated_header=55)]
+    spread = _spread_over_pages(hits, 1)
+    assert [(h.chunk.page_no, h.score) for h in spread] == [(48, 2.0), (52, 1.5)], "the title's rank is kept"
+    assert spread[0].chunk.text == rows and spread[0].similarity == 0.5, "with the rows the title names"
+    other = hit("| (Millions) | 2021 |\n| --- | --- |\n| Cost of sales | 19,232 |", 48, 1.1, repeated_header=30)
+    assert _spread_over_pages([hits[0], other], 1)[0].chunk.text == title, "a chunk that does not repeat it stays out"
