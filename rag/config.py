@@ -295,9 +295,9 @@ class LLMSettings(_Section):
     condense_history: bool = Field(True, description="rewrite follow-ups into standalone questions")
     extractive_fallback: bool = Field(
         True,
-        description="an answer that writes the question back, copies the passages out, states a figure or "
-        "mostly words no passage holds, or stutters is replaced by the passages' sentences or table cells that "
-        "answer it (marked as extracted), and one that repeats itself is cut there",
+        description="an answer that writes the question back, copies the passages out, states a figure no "
+        "passage holds, has half or more words none uses, or stutters is replaced by the passages' sentences or "
+        "table cells that answer it (marked as extracted), and one that repeats itself is cut there",
     )
 
 

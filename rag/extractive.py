@@ -9,7 +9,7 @@ the first Chinese answer a new user saw was the question followed by the whole d
 - `echo_reason` looks at the finished answer: the question, or several lines copied from the
   passages that make up most of it;
 - `ungrounded_reason` looks for what the passages do not hold: a figure no passage states, words
-  most of which no passage uses, or a preamble ("The answer is:") that stops there;
+  half or more of which no passage uses, or a preamble ("The answer is:") that stops there;
 - `extract` answers instead with the passage sentences, or the table cells, that share the
   question's rarest words, each cited, and the Answer is marked as extracted on every surface;
 - `without_repeats` cuts an answer where it starts saying again what it has just said.
@@ -116,8 +116,8 @@ def ungrounded_reason(answer: str, question: str, passages: Sequence[str]) -> st
     The default 135M model, given a table it cannot read, states a figure of its own ("a net
     income of $1.1 billion" beside a statement that says 5,777), and given a letter's signature,
     describes what a group leader does instead of naming him.  A figure (two digits or more) that
-    neither the passages nor the question hold is not grounded; nor is an answer most of whose own
-    words (those not in the question, three at least) no passage uses, nor a preamble that stops
+    neither the passages nor the question hold is not grounded; nor is an answer half or more of
+    whose own words (those not in the question, three at least) no passage uses, nor a preamble that stops
     ("The answer is:", what is left of a loop)."""
     text = _CITATION.sub(" ", answer)
     if text.rstrip().endswith((":", "：")) and len(tokenize(text)) <= _MAX_PREAMBLE:
@@ -130,8 +130,8 @@ def ungrounded_reason(answer: str, question: str, passages: Sequence[str]) -> st
     asked, used = _words(question), set(tokenize(context))
     own = _words(text) - asked
     unsupported = own - used
-    if len(unsupported) >= _MIN_UNSUPPORTED and 2 * len(unsupported) > len(own):
-        return f"most of the model's words are in no passage ({len(unsupported)} of {len(own)})"
+    if len(unsupported) >= _MIN_UNSUPPORTED and 2 * len(unsupported) >= len(own):
+        return f"half or more of the model's words are in no passage ({len(unsupported)} of {len(own)})"
     return None
 
 

@@ -15,7 +15,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from rag.extractive import echo_reason, extract, stutter_reason, ungrounded_reason, units, without_repeats
 from rag.qa import QA
-from rag.retrieve import Hit, Retriever
+from rag.retrieve import Filters, Hit, Retriever
 from rag.store.local import LocalStore
 from rag.types import Chunk
 from tests.conftest import MODEL_CACHE, REPO, qa_settings
@@ -125,8 +125,10 @@ def test_a_figure_or_words_no_passage_holds_are_not_grounded() -> None:
     )
     assert (
         ungrounded_reason(INVENTED_ROLE, LETTER_QUESTION, [LETTER])
-        == "most of the model's words are in no passage (5 of 5)"
+        == "half or more of the model's words are in no passage (5 of 5)"
     )
+    off_topic = "The 3M Company made changes to the 3M-2022-statements.pdf document."  # p. 7: "3M made changes"
+    assert ungrounded_reason(off_topic, SALES_QUESTION, [STATEMENT, "In 2022, 3M made changes to its segments."])
     assert (
         ungrounded_reason("The answer is:", SALES_QUESTION, [STATEMENT]) == "the model stopped before it said anything"
     )
@@ -163,13 +165,18 @@ def test_a_question_about_a_filings_table_is_answered_with_its_figure(settings, 
     from rag.stack import answering
 
     settings = qa_settings(settings.data_dir)
-    pdf = write_filing_pdf(tmp_path / "income.pdf")
+    short, long = write_filing_pdf(tmp_path / "income.pdf"), write_filing_pdf(tmp_path / "long.pdf", more_rows=40)
     with open_for_ingest(settings, "filing", embedder) as kb:
-        assert IngestPipeline(settings, embedder, kb).run([pdf]).added == 1
+        assert IngestPipeline(settings, embedder, kb).run([short, long]).added == 2
     with LocalStore.open(settings.kb_dir("filing")) as kb:
-        answer = answering(settings, kb, embedder=embedder).ask("What were net sales in 2022?")
-    assert "34,229" in answer.answer and "35,355" not in answer.answer, answer.answer
-    assert [(Path(c.source).name, c.page) for c in answer.citations] == [("income.pdf", 1)]
+        chunks = [c for c in kb.chunks(range(1, 100)).values() if c.source.endswith("long.pdf")]
+        first = next(c for c in chunks if "| Net sales |" in c.text)
+        assert len(chunks) > 2 and first.text.startswith("Consolidated Statement of Income\n\n| (Millions")
+        qa = answering(settings, kb, embedder=embedder)
+        for name in ("income.pdf", "long.pdf"):
+            answer = qa.ask("What were net sales in 2022?", filters=Filters(path_glob=name))
+            assert "34,229" in answer.answer and "35,355" not in answer.answer, (name, answer.answer)
+            assert [(Path(c.source).name, c.page) for c in answer.citations] == [(name, 1)]
 
 
 def test_switched_off_the_model_text_is_kept_as_it_came(sample) -> None:
