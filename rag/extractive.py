@@ -12,6 +12,8 @@ the first Chinese answer a new user saw was the question followed by the whole d
   half or more of which no passage uses, or a preamble ("The answer is:") that stops there;
 - `extract` answers instead with the passage sentences, or the table cells, that share the
   question's rarest words, each cited, and the Answer is marked as extracted on every surface;
+- `named_cell` finds the one table cell a question names outright (its row's label and its
+  column's heading), whose value an answer must give;
 - `without_repeats` cuts an answer where it starts saying again what it has just said.
 
 Written here rather than taken from a library: it is the product's own judgement of its model's
@@ -123,7 +125,7 @@ def ungrounded_reason(answer: str, question: str, passages: Sequence[str]) -> st
     if text.rstrip().endswith((":", "：")) and len(tokenize(text)) <= _MAX_PREAMBLE:
         return "the model stopped before it said anything"
     context = "\n".join(passages)
-    known = _figures(question) | _figures(context)
+    known = figures(question) | figures(context)
     invented = [f for f in _FIGURE.findall(text) if _figure(f) not in known]
     if invented:
         return f"the model wrote {invented[0].strip()}, a figure no passage holds"
@@ -148,7 +150,8 @@ def _figure(text: str) -> str:
     return text.replace(",", "").replace("，", "")
 
 
-def _figures(text: str) -> set[str]:
+def figures(text: str) -> set[str]:
+    """The figures `text` states, thousands separators dropped ("34,229" -> "34229")."""
     return {_figure(f) for f in _FIGURE.findall(text)}
 
 
@@ -233,6 +236,29 @@ def _table_rows(text: str, wanted: set[str]) -> list[tuple[str, set[str], float]
             words = own | {w for j in columns for w in named[j]}
             found.append((f"{label}, {values}{unit}", words & wanted, focus))
     return found
+
+
+def named_cell(question: str, hits: Sequence[Hit]) -> tuple[str, str] | None:
+    """The one table cell the question names outright, as its value ("$34,229") and an answer
+    that gives it ("Net sales, 2022: $34,229 (Millions) [1]"), or None.  A row is named when
+    every word of its label is in the question ("Net sales" in "What were 3M's total net sales
+    in 2022?") and a column when its heading is (2022); several such cells with different values
+    name none.  A small model reads a statement's columns badly ("net sales of $5,862", another
+    row's figure), and this lookup does not."""
+    wanted = _words(question)
+    found: dict[frozenset[str], tuple[str, str]] = {}
+    for n, hit in enumerate(hits, start=1):
+        for block in _TABLE.finditer(hit.chunk.text):
+            header, *rows = (_cells(line) for line in block.group().splitlines())
+            columns = [j for j, h in enumerate(header) if j and set(tokenize(h)) & wanted]
+            unit = f" {header[0]}" if header and header[0].startswith("(") else ""
+            for row in rows:
+                label = _words(row[0]) if row else set()
+                cells = [(header[j], row[j]) for j in columns if j < len(row) and row[j]]
+                if label and label <= wanted and len(cells) == 1:
+                    heading, value = cells[0]
+                    found.setdefault(frozenset(figures(value)), (value, f"{row[0]}, {heading}: {value}{unit} [{n}]"))
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 def _cells(line: str) -> list[str]:

@@ -22,6 +22,8 @@ from rag.extractive import (
     QuestionEcho,
     echo_reason,
     extract,
+    figures,
+    named_cell,
     stutter_reason,
     ungrounded_reason,
     without_repeats,
@@ -267,7 +269,12 @@ class QA:
             or echo_reason(answer.answer, question, passages)
             or ungrounded_reason(answer.answer, question, passages)
         )
-        text = extract(question, answer.context)[0] if reason else ""
+        cell = named_cell(question, answer.context)
+        if cell is not None and (reason or not figures(cell[0]) <= figures(answer.answer)):
+            value, text = cell
+            reason = reason or f"a table the passages hold gives {value}, and the model's answer did not"
+        else:
+            text = extract(question, answer.context)[0] if reason else ""
         if text:
             answer.answer, answer.extracted = text, reason
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from rag.extractive import echo_reason, extract, stutter_reason, ungrounded_reason, units, without_repeats
+from rag.extractive import (
+    echo_reason,
+    extract,
+    named_cell,
+    stutter_reason,
+    ungrounded_reason,
+    units,
+    without_repeats,
+)
 from rag.qa import QA
 from rag.retrieve import Filters, Hit, Retriever
 from rag.store.local import LocalStore
@@ -149,6 +157,21 @@ def test_a_table_answers_with_the_cell_the_question_names_and_a_signature_with_i
     assert text.startswith("Net sales, 2022: $34,229; 2021: $35,355; 2020: $32,184")
     text, numbers = extract(LETTER_QUESTION, hits("Dear Pete, thank you for your letter.", LETTER))
     assert text == "P.J. CROSS Group Leader - Facsimile Research Registered in England: No. 2038 [2]" and numbers == [2]
+
+
+def test_the_cell_a_question_names_outright_replaces_an_answer_without_its_figure(settings) -> None:
+    from rag.qa import Answer
+
+    statements = hits(STATEMENT, title="3M 2022 statements")
+    cell = ("$34,229", "Net sales, 2022: $34,229 (Millions, except per share amounts) [1]")
+    assert named_cell(SALES_QUESTION, statements) == cell
+    assert named_cell("What were 3M's net sales?", statements) is None, "no column named"
+    assert named_cell("What were the sales in 2022?", statements) is None, "no row's label is all in the question"
+    qa = QA(None, settings, lambda: None)  # only the repair of a finished answer runs
+    for said, kept in [("3M made net sales of $5,862 in 2022.", False), ("Net sales were $34,229 million.", True)]:
+        answer = Answer(SALES_QUESTION, said, True, "en", SALES_QUESTION, context=statements)
+        qa._extract_if_no_answer(answer, None)
+        assert (answer.answer, answer.extracted is None) == ((said, True) if kept else (cell[1], False))
 
 
 def test_a_stutter_is_cut_and_counts_as_no_answer() -> None:
