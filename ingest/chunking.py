@@ -65,7 +65,7 @@ _TABLE_BLOCK = re.compile(r"^\|[^\n]*(?:\n\|[^\n]*)+", re.MULTILINE)
 _TABLE_SEPARATOR = re.compile(r"\|(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t\r]*")
 # A header taking more than this share of `size` is not repeated: the pieces would be mostly header.
 _MAX_HEADER_SHARE = 0.5
-# Text before a table taking at most this share of `size` is repeated at the head of its first chunk.
+# Text before a table on a page taking at most this share of `size` is repeated at the head of its first chunk.
 _MAX_TITLE_SHARE = 0.25
 _JOIN_SLACK = 2  # tokens the line breaks between a title and its table may add
 
@@ -105,7 +105,8 @@ class Chunker:
         offset = 0
         context = DocumentContext(pages) if self.settings.context else None
         for index, page in enumerate(pages):
-            for start, piece, repeated in self._split_with_offsets(page.text, counter, reporter.after(offset)):
+            paged = page.page_no is not None
+            for start, piece, repeated in self._split_with_offsets(page.text, counter, reporter.after(offset), paged):
                 end = start + len(piece) - repeated  # a table chunk's repeated header is not in the span
                 metadata = _placed(page, start, end)
                 if context is not None:
@@ -129,9 +130,14 @@ class Chunker:
         return chunks
 
     def _split_with_offsets(
-        self, text: str, counter: _TokenCounter | None = None, progress: Callable[[int], None] | None = None
+        self,
+        text: str,
+        counter: _TokenCounter | None = None,
+        progress: Callable[[int], None] | None = None,
+        paged: bool = False,
     ) -> list[tuple[int, str, int]]:
-        """(start, text, characters of repeated table header at the front of text) per chunk."""
+        """(start, text, characters of repeated table header at the front of text) per chunk;
+        `paged`: the text is one page of a paged document (a PDF page, an image)."""
         if self.settings.method == "page":
             start = len(text) - len(text.lstrip())
             piece = text.strip()
@@ -149,25 +155,28 @@ class Chunker:
                 split = _PageSplit(text[done:a], self.settings, self.max_tokens, counter, sub).run()
                 pieces += [(done + start, piece, fits, 0) for start, piece, fits in split]
             if a < b:
-                pieces += self._table_after(text, a, b, pieces, counter)
+                pieces += self._table_after(text, a, b, pieces, counter, paged)
             done = b
         return self._enforce_limit(pieces, counter, progress)
 
-    def _table_after(self, text: str, a: int, b: int, pieces: list[Piece], counter: _TokenCounter) -> list[Piece]:
+    def _table_after(
+        self, text: str, a: int, b: int, pieces: list[Piece], counter: _TokenCounter, paged: bool
+    ) -> list[Piece]:
         """The pieces of the table text[a:b], with the last of `pieces`, the text just before it.
 
-        Short text (a statement's title: "Consolidated Statement of Income / Years ended December
-        31") stays a chunk of its own and is also repeated at the head of the table's first chunk,
-        which leaves room for it.  On its own, a title is short and all the words a question about
-        the statement uses, so it ranks its page well (merged into the rows, FinanceBench's own-
-        filing hit@5 fell from 0.723 to 0.663); repeated, the rows carry the statement's name, and
-        the retriever gives the model those rows where the title alone came up (`_widen`).  Longer
-        text joins the table's first chunk when together they fit, else stands apart."""
+        On a page, short text (a statement's title: "Consolidated Statement of Income / Years
+        ended December 31") stays a chunk of its own and is also repeated at the head of the
+        table's first chunk, which leaves room for it.  On its own, a title is short and all the
+        words a question about the statement uses, so it ranks its page well (merged into the
+        rows, FinanceBench's own-filing hit@5 fell from 0.723 to 0.663); repeated, the rows carry
+        the statement's name, and the retriever gives the model those rows where the title alone
+        came up for the page (`_widen`, which needs a page).  Otherwise the text joins the table's
+        first chunk when together they fit, else stands apart."""
         before = pieces[-1] if pieces and pieces[-1][3] == 0 and pieces[-1][0] < a else None
         if before is None:
             return self._table_pieces(text, a, b, counter)
         lead = int(np.diff(counter.token_starts([before[1]])[1])[0]) + _JOIN_SLACK
-        if lead <= self.settings.size * _MAX_TITLE_SHARE:
+        if paged and lead <= self.settings.size * _MAX_TITLE_SHARE:
             rows = self._table_pieces(text, a, b, counter, lead)
             start, first, _, _ = rows[0]
             prefix = before[1] + "\n\n"

@@ -382,7 +382,7 @@ def test_a_long_table_is_split_between_rows_and_every_piece_repeats_the_header(e
     assert "|" not in "".join(c.text for c in chunks if c not in table_chunks)
 
 
-def test_a_short_title_is_repeated_in_the_first_table_chunk_and_text_after_the_table_is_split_as_before(
+def test_a_short_title_is_repeated_in_the_first_table_chunk_of_a_page_and_text_after_is_split_as_before(
     embedder,
 ) -> None:
     from ingest.tables import to_markdown
@@ -391,10 +391,12 @@ def test_a_short_title_is_repeated_in_the_first_table_chunk_and_text_after_the_t
     after = ENGLISH[:2000]
     text = f"Warranty terms\n\n{table}\n\n{after}"
     chunker = make(embedder, 60, 10)
-    chunks = chunker.split_pages([Page(text, "w.md")])
+    chunks = chunker.split_pages([Page(text, "w.pdf", page_no=1)])
     assert [c.text for c in chunks[:2]] == ["Warranty terms", f"Warranty terms\n\n{table}"]
     assert text[chunks[1].char_start : chunks[1].char_end] == table
-    assert [c.text for c in chunks[2:]] == [c.text for c in chunker.split_pages([Page(after, "w.md")])]
+    assert [c.text for c in chunks[2:]] == [c.text for c in chunker.split_pages([Page(after, "w.pdf", page_no=1)])]
+    unpaged = chunker.split_pages([Page(text, "w.md")])  # no page for the retriever to widen: one chunk
+    assert unpaged[0].text == f"Warranty terms\n\n{table}"
     intro = "The warranty terms below depend on the part and on how the system was installed and used. "
     joined = chunker.split_pages([Page(f"{intro}\n\n{table}", "w.md")])  # longer text: one chunk when it fits
     assert joined[0].text == f"{intro}\n\n{table}"
@@ -407,7 +409,7 @@ def test_a_statements_title_is_repeated_in_a_long_tables_first_chunk(embedder) -
     title = f"{TITLE}\nYears ended December 31"
     text = f"{title}\n\n{to_markdown(cash_flow_rows(80))}"
     chunker = make(embedder, 250, 32)
-    chunks = chunker.split_pages([Page(text, "cf.md")])
+    chunks = chunker.split_pages([Page(text, "cf.pdf", page_no=48)])
     assert chunks[0].text == title, "the title stays a chunk of its own"
     first = chunks[1]
     assert first.text.startswith(title) and "| --- |" in first.text and "| Net income including" in first.text
