@@ -259,7 +259,8 @@ class QA:
 
     def _extract_if_no_answer(self, answer: Answer, reason: str | None) -> None:
         """An answer that broke down (`reason`), an echo of the question, a copy of the passages,
-        or an answer they do not ground is replaced by the passages' own sentences."""
+        or an answer they do not ground is replaced by the passages' own sentences; and so is one
+        without the figure of the table cell the question names outright, by that cell."""
         if answer.error or _is_refusal(answer.answer, answer.language):
             return
         passages = [h.chunk.text for h in answer.context]
