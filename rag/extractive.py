@@ -26,7 +26,7 @@ import functools
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rag.lexical import tokenize
 from rag.retrieve import Hit
@@ -219,12 +219,9 @@ def _table_rows(text: str, wanted: set[str]) -> list[tuple[str, set[str], float]
     question holds: "Net sales" answers "net sales in 2022" better than "Proceeds from sale of
     businesses, net of cash sold".  A unit the header gives, "(Millions)", follows the values."""
     found = []
-    for block in _TABLE.finditer(text):
-        header, *rows = (_cells(line) for line in block.group().splitlines())
-        rows = [r for r in rows if not _SEPARATOR_CELLS.fullmatch("".join(r))]
+    for header, rows, unit in _tables(text):
         named = {j: set(tokenize(h)) & wanted for j, h in enumerate(header) if j}
         columns = [j for j, words in named.items() if words] or list(named)
-        unit = f" {header[0]}" if header and header[0].startswith("(") else ""
         for row in rows:
             label = row[0] if row else ""
             cells = [(header[j], row[j]) for j in columns if j < len(row) and j < len(header) and row[j]]
@@ -248,10 +245,8 @@ def named_cell(question: str, hits: Sequence[Hit]) -> tuple[str, str] | None:
     wanted = _words(question)
     found: dict[frozenset[str], tuple[str, str]] = {}
     for n, hit in enumerate(hits, start=1):
-        for block in _TABLE.finditer(hit.chunk.text):
-            header, *rows = (_cells(line) for line in block.group().splitlines())
+        for header, rows, unit in _tables(hit.chunk.text):
             columns = [j for j, h in enumerate(header) if j and set(tokenize(h)) & wanted]
-            unit = f" {header[0]}" if header and header[0].startswith("(") else ""
             for row in rows:
                 label = _words(row[0]) if row else set()
                 cells = [(header[j], row[j]) for j in columns if j < len(row) and row[j]]
@@ -259,6 +254,15 @@ def named_cell(question: str, hits: Sequence[Hit]) -> tuple[str, str] | None:
                     heading, value = cells[0]
                     found.setdefault(frozenset(figures(value)), (value, f"{row[0]}, {heading}: {value}{unit} [{n}]"))
     return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _tables(text: str) -> Iterator[tuple[list[str], list[list[str]], str]]:
+    """Each Markdown table in `text`: its header cells, its rows' cells (not the separator), and
+    the unit its first heading gives (" (Millions)"), or ""."""
+    for block in _TABLE.finditer(text):
+        header, *rows = (_cells(line) for line in block.group().splitlines())
+        unit = f" {header[0]}" if header and header[0].startswith("(") else ""
+        yield header, [r for r in rows if not _SEPARATOR_CELLS.fullmatch("".join(r))], unit
 
 
 def _cells(line: str) -> list[str]:
