@@ -1,5 +1,6 @@
-"""`rag tune data | train | reranker` and `rag serve`: knowledge base -> SFT set -> LoRA adapter ->
-vLLM, and knowledge base -> tuned cross-encoder (the work itself is rag.tune's)."""
+"""`rag tune data | train | reranker | embedder` and `rag serve`: knowledge base -> SFT set -> LoRA
+adapter -> vLLM, and knowledge base -> tuned cross-encoder or embedding model (the work itself is
+rag.tune's)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cli.display import progress_bar
 
 tune_app = typer.Typer(
     help="Tune models on a knowledge base: training data and a LoRA adapter for the answering model, "
-    'or a cross-encoder that reranks and decides "not found".',
+    'a cross-encoder that reranks and decides "not found", or the embedding model itself.',
     no_args_is_help=True,
 )
 
@@ -227,54 +228,30 @@ def train_cmd(
     )
 
 
-# ---- rag tune reranker ---------------------------------------------------------------------
+# ---- rag tune reranker | embedder ----------------------------------------------------------
 DEFAULT_RERANKER_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+_QA_HELP = "QA JSONL with gold_doc_ids (draft one with `rag eval make-qa`)"
+_BEIR_HELP = "a BEIR folder: positives from its qrels (instead of --qa)"
+_KB_HELP = "knowledge base holding the documents (with --beir: the corpus's eval base)"
+_SPLIT_HELP = '--qa: items whose "split" is this; --beir: the qrels split'
 
 
-@tune_app.command("reranker")
-def reranker_cmd(
+def _mined(
     ctx: typer.Context,
-    out_dir: Annotated[Path, typer.Option("--out", help="folder to write, e.g. rerankers/NAME")],
-    qa_file: Annotated[
-        Path | None,
-        typer.Option("--qa", help="QA JSONL with gold_doc_ids (draft one with `rag eval make-qa`)"),
-    ] = None,
-    beir: Annotated[
-        Path | None, typer.Option("--beir", help="a BEIR folder: positives from its qrels (instead of --qa)")
-    ] = None,
-    kb: Annotated[
-        str | None,
-        typer.Option("--kb", help="knowledge base holding the documents (with --beir: the corpus's eval base)"),
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option("--split", help='--qa: items whose "split" is this; --beir: the qrels split')
-    ] = None,
-    base: Annotated[
-        str,
-        typer.Option("--base", help="model to start from: a cross-encoder or sentence-transformers folder or hub id"),
-    ] = DEFAULT_RERANKER_BASE,
-    negatives: Annotated[int, typer.Option("--negatives", min=1, help="hard negatives per question")] = 7,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
-    validation: Annotated[
-        float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out to calibrate")
-    ] = 0.1,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
-    lr: Annotated[float, typer.Option("--lr", min=0)] = 3e-5,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="stop after this many steps")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    max_length: Annotated[int, typer.Option("--max-length", min=16, help="tokens of question + passage")] = 256,
-    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 100,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-) -> None:
-    """Fine-tune a cross-encoder on a knowledge base: it reorders the passages and, calibrated on
-    held-out questions, decides "not found"; run it again after an interruption to resume.
-
-    Hard negatives are the retriever's own high-ranked passages that are not gold.  Use the
-    result with RAG_RETRIEVE__RERANK_MODEL=<out>."""
+    qa_file: Path | None,
+    beir: Path | None,
+    kb: str | None,
+    split: str | None,
+    base: str,
+    limit: int | None,
+    validation: float,
+    seed: int,
+) -> tuple[Any, dict[str, Any], str]:
+    """The questions' labelled lists, searched as `rag ask` searches (no reranker), what they came
+    from (for training.json), and the base model's path."""
     from eval.datasets import DatasetError, beir_to_qa, load_qa, sample
     from rag.models import ModelNotAvailable, resolve_embedder
-    from rag.tune.reranker import RerankerConfig, mine, train_reranker
-    from rag.tune.train import TrainError
+    from rag.tune.reranker import mine
 
     if (qa_file is None) == (beir is None):
         raise fail("give one of --qa QA.jsonl or --beir DIR")
@@ -306,17 +283,58 @@ def reranker_cmd(
         f"({time.perf_counter() - started:.0f} s)"
         + (f"; skipped {_reasons(dict(mined.skipped))}" if mined.skipped else "")
     )
+    return mined, source, path
+
+
+def _print_run(what: str, result: Any, examples: int, unit: str) -> None:
+    out.print(
+        f"{what} -> {result.out} ({result.steps} steps, {examples} {unit}, "
+        f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
+        highlight=False,
+    )
+    _print_losses(result)
+
+
+@tune_app.command("reranker")
+def reranker_cmd(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write, e.g. rerankers/NAME")],
+    qa_file: Annotated[Path | None, typer.Option("--qa", help=_QA_HELP)] = None,
+    beir: Annotated[Path | None, typer.Option("--beir", help=_BEIR_HELP)] = None,
+    kb: Annotated[str | None, typer.Option("--kb", help=_KB_HELP)] = None,
+    split: Annotated[str | None, typer.Option("--split", help=_SPLIT_HELP)] = None,
+    base: Annotated[
+        str,
+        typer.Option("--base", help="model to start from: a cross-encoder or sentence-transformers folder or hub id"),
+    ] = DEFAULT_RERANKER_BASE,
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="hard negatives per question")] = 7,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
+    validation: Annotated[
+        float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out to calibrate")
+    ] = 0.1,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0)] = 3e-5,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="stop after this many steps")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    max_length: Annotated[int, typer.Option("--max-length", min=16, help="tokens of question + passage")] = 256,
+    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Fine-tune a cross-encoder on a knowledge base: it reorders the passages and, calibrated on
+    held-out questions, decides "not found"; run it again after an interruption to resume.
+
+    Hard negatives are the retriever's own high-ranked passages that are not gold.  Use the
+    result with RAG_RETRIEVE__RERANK_MODEL=<out>."""
+    from rag.tune.reranker import RerankerConfig, train_reranker
+    from rag.tune.train import TrainError
+
+    mined, source, path = _mined(ctx, qa_file, beir, kb, split, base, limit, validation, seed)
     config = RerankerConfig(
         out=out_dir, base=path, base_name=base, negatives=negatives, epochs=epochs, lr=lr, max_steps=max_steps,
         batch_size=batch_size, max_length=max_length, save_steps=save_steps, seed=seed,
     )  # fmt: skip
     result = _with_progress(lambda callbacks: train_reranker(config, mined, source, callbacks), out_dir, (TrainError,))
-    out.print(
-        f"reranker -> {result.out} ({result.steps} steps, {result.train_pairs} training pairs, "
-        f"{result.seconds / 60:.1f} min{', resumed from ' + result.resumed_from if result.resumed_from else ''})",
-        highlight=False,
-    )
-    _print_losses(result)
+    _print_run("reranker", result, result.train_pairs, "training pairs")
     c = result.calibration
     out.print(
         f'"not found" below a best-passage score of {c.threshold:.3f}: on the {c.measured_on} questions it '
@@ -324,6 +342,61 @@ def reranker_cmd(
         highlight=False,
     )
     out.print(f"use it: RAG_RETRIEVE__RERANK_MODEL={result.out} rag ask ...", highlight=False, soft_wrap=True)
+
+
+@tune_app.command("embedder")
+def embedder_cmd(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write, e.g. embedders/NAME")],
+    qa_file: Annotated[Path | None, typer.Option("--qa", help=_QA_HELP)] = None,
+    beir: Annotated[Path | None, typer.Option("--beir", help=_BEIR_HELP)] = None,
+    kb: Annotated[str | None, typer.Option("--kb", help=_KB_HELP)] = None,
+    split: Annotated[str | None, typer.Option("--split", help=_SPLIT_HELP)] = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="sentence-transformers folder or hub id to start from (default: embed.model)"),
+    ] = None,
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="hard negatives per question")] = 1,
+    positives: Annotated[
+        int, typer.Option("--positives", min=1, help="gold passages per question, the retriever's best first")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="a seeded sample of this many questions")] = None,
+    validation: Annotated[
+        float, typer.Option("--validation", min=0, max=0.9, help="share of questions held out for the loss")
+    ] = 0.1,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 3.0,
+    lr: Annotated[float, typer.Option("--lr", min=0)] = 3e-5,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="stop after this many steps")] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=2, help="questions per step; each is scored against every passage")
+    ] = 32,
+    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help="checkpoint every this many steps")] = 50,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Fine-tune the embedding model on a knowledge base's questions, so dense search ranks the
+    domain's passages as its questions need; run it again after an interruption to resume.
+
+    Positives are the gold passages, hard negatives the retriever's own high-ranked passages that
+    are not gold.  The vectors change: ingest again into a new knowledge base with
+    RAG_EMBED__MODEL=<out> (and keep that setting to search it)."""
+    from rag.tune.embedder import EmbedderConfig, train_embedder
+    from rag.tune.train import TrainError
+
+    embed = settings_of(ctx).embed
+    base = base or embed.model
+    mined, source, path = _mined(ctx, qa_file, beir, kb, split, base, limit, validation, seed)
+    config = EmbedderConfig(
+        out=out_dir, base=path, base_name=base, negatives=negatives, positives=positives, epochs=epochs, lr=lr,
+        max_steps=max_steps, batch_size=batch_size, save_steps=save_steps, seed=seed,
+        query_prefix=embed.query_prefix, passage_prefix=embed.passage_prefix,
+    )  # fmt: skip
+    result = _with_progress(lambda callbacks: train_embedder(config, mined, source, callbacks), out_dir, (TrainError,))
+    _print_run("embedding model", result, result.train_triplets, "training triplets")
+    out.print(
+        f"use it: RAG_EMBED__MODEL={result.out} rag ingest DOCS --kb NEW_NAME, and the same setting to search it",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _mining_retriever(settings: Any, kb: str | None, beir: Path | None) -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -35,11 +34,10 @@ import numpy as np
 
 from eval.answers import contains
 from eval.datasets import QAItem
-from rag.jsonfile import write_json
 from rag.reranker import Calibration, Reranker, write_calibration
 from rag.retrieve import Retriever
 from rag.tune.data import GoldIndex, validation_ids
-from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints, training_arguments
+from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints, publish, training_arguments
 
 POSITIVE, NEGATIVE, UNLABELLED = 1, 0, -1
 
@@ -140,9 +138,15 @@ class RerankerConfig:
     seed: int = 0
 
     def fingerprint(self, data_digest: str) -> dict[str, Any]:
-        keys = asdict(self)
-        keys.pop("out")
-        return {**keys, "data_sha256": data_digest}
+        return run_fingerprint(self, data_digest)
+
+
+def run_fingerprint(config: Any, data_digest: str) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: every setting but the output folder, and
+    the data."""
+    keys = asdict(config)
+    keys.pop("out")
+    return {**keys, "data_sha256": data_digest}
 
 
 @dataclass
@@ -315,16 +319,10 @@ def calibrate(reranker: Reranker, mined: Mined) -> Calibration:
 
 
 # ---- saving --------------------------------------------------------------------------------
-def _save(
-    model: Any, config: RerankerConfig, result: RerankerResult, mined: Mined, source: dict[str, Any], digest: str
-) -> None:
-    """Weights, calibration, then training.json last: once it is there, the folder is complete."""
-    out = Path(config.out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    write_calibration(tmp, result.calibration)
-    record = {
+def run_record(config: Any, result: Any, mined: Mined, source: dict[str, Any], digest: str, **counts: Any) -> dict:
+    """training.json of a model trained on mined lists: where the data came from, the settings,
+    and how the run went."""
+    return {
         "base": config.base_name or config.base,
         "source": source,
         "questions": {s: len(mined.split(s)) for s in ("train", "validation")},
@@ -333,17 +331,23 @@ def _save(
         **{k: v for k, v in config.fingerprint(digest).items() if k not in ("base", "base_name", "data_sha256")},
         "steps": result.steps,
         "seconds": result.seconds,
-        "train_pairs": result.train_pairs,
-        "validation_pairs": result.validation_pairs,
+        **counts,
         "final_train_loss": result.losses[-1][1] if result.losses else None,
         "losses": result.losses,
         "validation_losses": result.validation_losses,
-        "calibration": result.calibration.to_json(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    for item in sorted(tmp.iterdir()):
-        if (out / item.name).is_dir():
-            shutil.rmtree(out / item.name)
-        os.replace(item, out / item.name)
-    tmp.rmdir()
-    write_json(out / TRAINING_FILE, record)
+
+
+def _save(
+    model: Any, config: RerankerConfig, result: RerankerResult, mined: Mined, source: dict[str, Any], digest: str
+) -> None:
+    """Weights, calibration, then training.json last: once it is there, the folder is complete."""
+    counts = {"train_pairs": result.train_pairs, "validation_pairs": result.validation_pairs}
+    record = run_record(config, result, mined, source, digest, **counts)
+    record["calibration"] = result.calibration.to_json()
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        write_calibration(folder, result.calibration)
+
+    publish(Path(config.out), write, record)

@@ -19,11 +19,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.jsonfile import write_json
 from rag.tune.data import load_sft
 
 # vLLM's --max-lora-rank accepts only these; an adapter's rank must be one of them to be served.
@@ -355,6 +356,22 @@ def training_arguments(config: Any, checkpoints: Path, validate: bool, **overrid
         "dataloader_num_workers": 0,
     }
     return TrainingArguments(**(settings | overrides))
+
+
+def publish(out: Path, write: Callable[[Path], None], record: dict[str, Any]) -> None:
+    """`write(folder)` into a temporary sibling of `out`, its files moved into `out`, then
+    training.json last: once it is there the folder is complete, and prepare_checkpoints treats it
+    as a finished model that no later run may overwrite."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(tmp.iterdir()):
+        if (out / item.name).is_dir():
+            shutil.rmtree(out / item.name)
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+    write_json(out / TRAINING_FILE, record)
 
 
 def save_adapter(model: Any, config: TrainConfig, result: TrainResult, data_digest: str) -> None:
