@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from rag.tune.reranker import NEGATIVE, POSITIVE, Mined, QuestionList, run_fingerprint, run_record
+from rag.tune.reranker import Mined, QuestionList, run_fingerprint, run_record
 from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints, publish, training_arguments
 
 Triplet = tuple[str, str, str]  # question, passage that answers it, passage that does not
@@ -77,9 +77,8 @@ def triplets(lists: Sequence[QuestionList], negatives: int, positives: int = 1) 
     can have dozens of relevant documents (NFCorpus: 42 on average) and a chunk of each is gold."""
     out: list[Triplet] = []
     for q in lists:
-        gold = ([t for t, y in zip(q.texts, q.labels, strict=True) if y == POSITIVE] + q.extra)[:positives]
-        hard = [t for t, y in zip(q.texts, q.labels, strict=True) if y == NEGATIVE][:negatives]
-        out.extend((q.question, p, n) for p in gold for n in hard)
+        hard = q.hard_negatives(negatives)
+        out.extend((q.question, p, n) for p in q.positives()[:positives] for n in hard)
     return out
 
 

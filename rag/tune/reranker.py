@@ -54,10 +54,18 @@ class QuestionList:
     labels: list[int]
     extra: list[str] = field(default_factory=list)
 
+    def positives(self) -> list[str]:
+        """In the retriever's order, then those it missed."""
+        return [t for t, y in zip(self.texts, self.labels, strict=True) if y == POSITIVE] + self.extra
+
+    def hard_negatives(self, most: int) -> list[str]:
+        """The `most` highest-ranked negatives."""
+        return [t for t, y in zip(self.texts, self.labels, strict=True) if y == NEGATIVE][:most]
+
     def pairs(self, negatives: int) -> list[tuple[str, str, float]]:
-        positives = [t for t, y in zip(self.texts, self.labels, strict=True) if y == POSITIVE] + self.extra
-        hard = [t for t, y in zip(self.texts, self.labels, strict=True) if y == NEGATIVE][:negatives]
-        return [(self.question, t, 1.0) for t in positives] + [(self.question, t, 0.0) for t in hard]
+        return [(self.question, t, 1.0) for t in self.positives()] + [
+            (self.question, t, 0.0) for t in self.hard_negatives(negatives)
+        ]
 
 
 @dataclass
