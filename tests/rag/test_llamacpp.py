@@ -37,6 +37,73 @@ def test_it_streams_and_greedy_answers_are_reproducible(llama) -> None:
     assert "".join(str(c.content) for c in llama.stream(COUNT)) == text
 
 
+class _Watched:
+    """The real llama.cpp server, noting for every request how many prompt tokens it took from its
+    cache and how many it read: `primes` for requests that answer nothing, `answers` for those
+    streamed."""
+
+    def __init__(self, server) -> None:
+        self.server, self.primes, self.answers = server, [], []
+
+    def handle_chat_completions(self, request, on_chunk=None):
+        if on_chunk is None:
+            result = self.server.handle_chat_completions(request)
+            self.primes.append(_read(result["timings"]))
+            return result
+
+        def watch(chunk):
+            if isinstance(chunk, dict) and "timings" in chunk:
+                self.answers.append(_read(chunk["timings"]))
+            return on_chunk(chunk)
+
+        return self.server.handle_chat_completions(request, watch)
+
+
+def _read(timings: dict) -> tuple[int, int]:
+    return timings["cache_n"], timings["prompt_n"]
+
+
+def _rag(lang: str, question: str) -> list[tuple[str, str]]:
+    """The prompt `rag ask` builds, over a sample document as its one source."""
+    from rag.prompts import SYSTEM
+
+    name = {"en": "faq.txt", "zh": "海川储能电池说明.md"}[lang]
+    text = (REPO / "samples" / "docs" / name).read_text(encoding="utf-8")[:1200]
+    head = {"en": "Sources:", "zh": "资料："}[lang]
+    ask = {"en": "Question:", "zh": "问题："}[lang]
+    return [
+        ("system", SYSTEM[lang]),
+        ("user", f"{head}\n\n[1] ({name})\n<document>\n{text}\n</document>\n\n{ask} {question}"),
+    ]
+
+
+def test_the_system_prompt_is_read_once_and_answers_stay_those_of_an_uncached_read(llama) -> None:
+    english = _rag("en", "How long is the battery module covered by the warranty?")
+    chinese = _rag("zh", "海川 H10 的逆变器保修期是几年？")
+    cold = llama.server.handle_chat_completions(
+        {
+            "messages": [{"role": r, "content": c} for r, c in english],
+            "max_tokens": 60,
+            "temperature": 0.0,
+            "cache_prompt": False,
+            "seed": 0,
+        }
+    )
+    server = _Watched(llama.server)
+    watched = llama.model_copy(update={"server": server})
+    answers = [str(watched.invoke(m).content) for m in (english, chinese, english, COUNT, english, english)]
+    assert answers[0] == cold["choices"][0]["message"]["content"], "the same answer as a prompt read whole"
+    assert answers[0] == answers[2] == answers[4] == answers[5], "whatever was asked before, and asked twice"
+    read, whole = server.answers, cold["timings"]["prompt_n"]
+    system = read[2][0]
+    assert 50 < system < whole // 3, read
+    assert read[2] == read[4] == read[5] == (system, whole - system), "only what follows the system prompt"
+    assert read[3][0] == 0, "a conversation without a system prompt is read whole"
+    # Each language's system prompt keeps a slot: after the Chinese question, the English system
+    # prompt is not read again (only the header of a reply, after it).
+    assert server.primes[2][0] >= system and server.primes[2][1] < 5, server.primes
+
+
 def test_stop_strings_cut_the_answer_before_them(llama) -> None:
     full = str(llama.invoke(COUNT).content)
     word = full.split()[len(full.split()) // 2]  # a word from the middle of the answer
