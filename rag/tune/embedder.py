@@ -11,7 +11,10 @@ tuning it only has to move it towards the domain's wording, which the same quest
   passages as positives and the first-stage retriever's highest-ranked other passages as hard
   negatives.  Unanswerable questions have no positive and teach a bi-encoder nothing: skipped.
 - **Loss.** Multiple negatives ranking (InfoNCE): each question against its own positive, its
-  hard negatives, and every other passage of the batch, cosine scaled by `scale`.  The loop is
+  hard negatives, and every other passage of the batch, cosine scaled by `scale`.  A passage of
+  the batch that the question's own labels call relevant is left out of its negatives: BEIR
+  sets judge dozens of documents relevant to a question (NFCorpus: about 40), so another
+  question's positive is often this one's too, and the plain loss would push it away.  The loop is
   the transformers Trainer's, so it is seeded, checkpointed and resumable like `rag tune train`.
 - **Output.** A plain sentence-transformers folder with `training.json`.  Its vectors differ from
   the base's: a knowledge base is ingested again with `embed.model` set to it, under a new name.
@@ -26,14 +29,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from rag.tune.reranker import Mined, QuestionList, run_fingerprint, run_record
 from rag.tune.train import TRAINING_FILE, TrainError, prepare_checkpoints, publish, training_arguments
 
-Triplet = tuple[str, str, str]  # question, passage that answers it, passage that does not
+
+class Triplet(NamedTuple):
+    question: str
+    positive: str  # a passage that answers it
+    negative: str  # a highly ranked passage that does not
+    relevant: tuple[str, ...]  # passage_key of every passage it must never be trained away from
+
+
+def passage_key(text: str) -> str:
+    """Short and stable across runs, so the training data's digest (and resuming) holds."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -78,7 +91,8 @@ def triplets(lists: Sequence[QuestionList], negatives: int, positives: int = 1) 
     out: list[Triplet] = []
     for q in lists:
         hard = q.hard_negatives(negatives)
-        out.extend((q.question, p, n) for p in q.positives()[:positives] for n in hard)
+        relevant = tuple(sorted({passage_key(t) for t in q.relevant()}))
+        out.extend(Triplet(q.question, p, n, relevant) for p in q.positives()[:positives] for n in hard)
     return out
 
 
@@ -142,14 +156,27 @@ class _TripletCollator:
         self.model, self.query_prefix, self.passage_prefix = model, query_prefix, passage_prefix
 
     def __call__(self, batch: list[Triplet]) -> dict[str, Any]:
-        passages = [p for _, p, _ in batch] + [n for _, _, n in batch]
+        passages = [t.positive for t in batch] + [t.negative for t in batch]
         return {
-            "questions": self.model.preprocess([self.query_prefix + q for q, _, _ in batch]),
+            "questions": self.model.preprocess([self.query_prefix + t.question for t in batch]),
             "passages": self.model.preprocess([self.passage_prefix + p for p in passages]),
             # The Trainer reports a validation loss only for batches that carry labels: row i's
             # passage is column i (its positive); the negatives are the columns after the batch.
             "labels": torch.arange(len(batch)),
+            "relevant": _relevant_elsewhere(batch, passages),
         }
+
+
+def _relevant_elsewhere(batch: list[Triplet], passages: list[str]) -> torch.Tensor:
+    """[question, passage]: True where a passage other than the question's own positive is one
+    its labels call relevant (another question's positive, or a copy of its own).
+
+    Hand-written because sentence-transformers' in-batch losses know nothing of labels: they
+    count every other passage of the batch as a negative (GISTEmbedLoss guesses false negatives
+    with a second model; here the questions' own judgements say which they are)."""
+    keys = [passage_key(p) for p in passages]
+    relevant = [set(t.relevant) for t in batch]
+    return torch.tensor([[j != i and key in rel for j, key in enumerate(keys)] for i, rel in enumerate(relevant)])
 
 
 class _Contrastive(torch.nn.Module):
@@ -159,10 +186,13 @@ class _Contrastive(torch.nn.Module):
         super().__init__()
         self.model, self.scale = model, scale
 
-    def forward(self, questions: dict, passages: dict, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, questions: dict, passages: dict, labels: torch.Tensor, relevant: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         q = torch.nn.functional.normalize(self.model(questions)["sentence_embedding"], dim=-1)
         p = torch.nn.functional.normalize(self.model(passages)["sentence_embedding"], dim=-1)
-        return {"loss": torch.nn.functional.cross_entropy(self.scale * q @ p.T, labels)}
+        scores = (self.scale * q @ p.T).masked_fill(relevant, float("-inf"))
+        return {"loss": torch.nn.functional.cross_entropy(scores, labels)}
 
 
 def _save(

@@ -62,6 +62,11 @@ class QuestionList:
         """The `most` highest-ranked negatives."""
         return [t for t, y in zip(self.texts, self.labels, strict=True) if y == NEGATIVE][:most]
 
+    def relevant(self) -> list[str]:
+        """Every passage known not to be a negative: the positives, and the unlabelled (the rest
+        of a gold document, or an answer outside the gold documents)."""
+        return [t for t, y in zip(self.texts, self.labels, strict=True) if y != NEGATIVE] + self.extra
+
     def pairs(self, negatives: int) -> list[tuple[str, str, float]]:
         return [(self.question, t, 1.0) for t in self.positives()] + [
             (self.question, t, 0.0) for t in self.hard_negatives(negatives)

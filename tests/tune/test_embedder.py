@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from eval.datasets import QAItem, write_corpus, write_qa
 from rag.tune.embedder import EmbedderConfig, train_embedder, triplets
@@ -79,9 +80,35 @@ def test_triplets_pair_each_positive_with_the_highest_ranked_negatives(pumps: Pa
     mined = mine(_questions([1, 2]), retriever_for(qa_settings(pumps), "pumps", embedder=embedder), depth=5)
     made = triplets(mined.lists, negatives=2)
     assert len(made) == 4
-    for question, positive, negative in made:
+    for question, positive, negative, _ in made:
         k = question.split(" P")[1].split(" ")[0]
         assert f"P{k} needs service" in positive and f"P{k} needs service" not in negative
+
+
+def test_a_passage_that_answers_two_questions_of_a_batch_is_neither_ones_negative(pumps: Path, embedder) -> None:
+    from rag.models import resolve_embedder
+    from rag.stack import retriever_for
+    from rag.tune.embedder import _Contrastive, _load_base, _TripletCollator
+
+    same_pump = [*_questions([5, 6]), QAItem("q5b", "When is P5 due for its next overhaul?", ["8 months"], ["s5"])]
+    mined = mine(same_pump, retriever_for(qa_settings(pumps), "pumps", embedder=embedder), depth=5)
+    made = {t.question: t for t in triplets(mined.lists, negatives=1)}
+    batch = [made[q.question] for q in same_pump]  # P5, P6, P5 again
+    assert batch[0].positive == batch[2].positive != batch[1].positive
+    model = _load_base(EmbedderConfig(out=Path("unused"), base=resolve_embedder(embedder.name)))
+    inputs = _TripletCollator(model, "", "")(batch)
+    assert inputs["relevant"].tolist() == [
+        [False, False, True, False, False, False],
+        [False] * 6,
+        [True, False, False, False, False, False],
+    ]
+    loss = _Contrastive(model, 20.0)
+    with torch.no_grad():
+        masked = loss(**inputs)["loss"].item()
+        unmasked = loss(**{**inputs, "relevant": torch.zeros_like(inputs["relevant"])})["loss"].item()
+    # Unmasked, each pump-5 question also meets its own positive as a negative, at its positive's
+    # score: at least log(1 + p) more loss for each, p being the positive's probability (here 0.2).
+    assert unmasked - masked > 0.1, (unmasked, masked)
 
 
 def test_a_short_training_lowers_the_loss_and_saves_a_folder_that_reloads_to_the_same_vectors(
