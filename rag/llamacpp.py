@@ -43,8 +43,8 @@ from rag.models import resolve_gguf
 
 _END = object()
 # Slots, each keeping one system prompt: one per language the prompts are written in (rag.prompts).
-# Each has its own KV cache of half the context; a shared one would move a prompt's cells, and
-# with them the order in which attention adds them up.
+# Each has a KV cache of its own: in a shared one a prompt's cells would move, and with them the
+# order in which attention adds them up.
 SLOTS = 2
 
 
@@ -134,8 +134,8 @@ class LlamaCppChatModel(InProcessChatModel):
         self, prime: dict[str, Any] | None, request: dict[str, Any], halt: _Halt, pieces: Any, failure: list[str]
     ) -> None:
         """Runs in a worker thread: llama.cpp calls back with each streamed chunk, and stops when
-        told to.  Priming and answering hold the one slot together, so that no other answer's
-        prompt is in its cache in between."""
+        told to.  Priming and answering happen under one lock, so that no other answer's prompt
+        enters the slot in between."""
 
         def on_chunk(chunk: Any) -> bool:
             if isinstance(chunk, dict) and "error" in chunk:
