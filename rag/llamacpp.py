@@ -42,10 +42,13 @@ from rag.llm import _ACTIVE, STOP_STRINGS, InProcessChatModel, LLMError, _as_dic
 from rag.models import resolve_gguf
 
 _END = object()
-# Slots, each keeping one system prompt: one per language the prompts are written in (rag.prompts).
-# Each has a KV cache of its own: in a shared one a prompt's cells would move, and with them the
-# order in which attention adds them up.
+# Slots, each keeping one system prompt: one per language the prompts are written in (rag.prompts),
+# and one more for conversations without a system prompt (`rag chat` rewriting a follow-up), so
+# that they never take a system prompt's place.  Each has a KV cache of its own, of the whole
+# context: in a shared one a prompt's cells would move, and with them the order in which attention
+# adds them up.
 SLOTS = 2
+OTHER_SLOT = SLOTS
 
 
 def default_threads() -> int:
@@ -150,12 +153,13 @@ class LlamaCppChatModel(InProcessChatModel):
 
         try:
             with self._turn:
+                request["id_slot"] = OTHER_SLOT
                 if prime:
                     prime["id_slot"] = request["id_slot"] = self._slot_for(prime["messages"][0]["content"])
-                primed = self.server.handle_chat_completions(prime) if prime else None
-                if isinstance(primed, dict) and "error" in primed:
-                    failure.append(_message(primed))
-                    return
+                    primed = self.server.handle_chat_completions(prime)
+                    if isinstance(primed, dict) and "error" in primed:
+                        failure.append(_message(primed))
+                        return
                 result = self.server.handle_chat_completions(request, on_chunk)
             if isinstance(result, dict) and "error" in result:
                 failure.append(_message(result))
@@ -208,7 +212,7 @@ def _start(path: Path, threads: int, prompt_threads: int) -> Any:
         # through the matrix code (other logits).  One batch up to n_batch (2,048) tokens: the
         # same memory and speed here.
         p.n_ubatch = p.n_batch
-        p.n_parallel = SLOTS  # each keeps a system prompt (_prime); answers take turns all the same
+        p.n_parallel = SLOTS + 1  # see SLOTS; answers take turns all the same
         p.cache_ram_mib = 0  # no saved prompts restored: they would reuse more than the system prompt
         p.cache_idle_slots = False
         p.verbosity = verbosity

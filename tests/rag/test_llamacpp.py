@@ -91,17 +91,21 @@ def test_the_system_prompt_is_read_once_and_answers_stay_those_of_an_uncached_re
     )
     server = _Watched(llama.server)
     watched = llama.model_copy(update={"server": server})
-    answers = [str(watched.invoke(m).content) for m in (english, chinese, english, COUNT, english, english)]
+    asked = (english, chinese, english, COUNT, chinese, english, english)
+    answers = [str(watched.invoke(m).content) for m in asked]
     assert answers[0] == cold["choices"][0]["message"]["content"], "the same answer as a prompt read whole"
-    assert answers[0] == answers[2] == answers[4] == answers[5], "whatever was asked before, and asked twice"
+    assert answers[0] == answers[2] == answers[5] == answers[6], "whatever was asked before, and asked twice"
+    assert answers[1] == answers[4]
     read, whole = server.answers, cold["timings"]["prompt_n"]
     system = read[2][0]
     assert 50 < system < whole // 3, read
-    assert read[2] == read[4] == read[5] == (system, whole - system), "only what follows the system prompt"
+    assert read[2] == read[5] == read[6] == (system, whole - system), "only what follows the system prompt"
     assert read[3][0] == 0, "a conversation without a system prompt is read whole"
-    # Each language's system prompt keeps a slot: after the Chinese question, the English system
-    # prompt is not read again (only the header of a reply, after it).
+    # Each language's system prompt keeps a slot: after the Chinese question the English system
+    # prompt is not read again (only the header of a reply, after it), nor the Chinese one after
+    # a conversation without a system prompt, which has a slot of its own.
     assert server.primes[2][0] >= system and server.primes[2][1] < 5, server.primes
+    assert server.primes[3][0] > system and server.primes[3][1] < 5, server.primes
 
 
 def test_stop_strings_cut_the_answer_before_them(llama) -> None:
