@@ -153,6 +153,8 @@ class LlamaCppChatModel(InProcessChatModel):
 
         try:
             with self._turn:
+                if halt.done():  # timed out, or the reader left, while another answer had its turn
+                    return
                 request["id_slot"] = OTHER_SLOT
                 if prime:
                     prime["id_slot"] = request["id_slot"] = self._slot_for(prime["messages"][0]["content"])

@@ -4,6 +4,7 @@ stop strings, the token limit, reproducible greedy answers, the deadline, and cl
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +107,27 @@ def test_the_system_prompt_is_read_once_and_answers_stay_those_of_an_uncached_re
     # a conversation without a system prompt, which has a slot of its own.
     assert server.primes[2][0] >= system and server.primes[2][1] < 5, server.primes
     assert server.primes[3][0] > system and server.primes[3][1] < 5, server.primes
+
+
+def test_a_question_whose_deadline_passes_while_another_is_answered_is_never_read(llama) -> None:
+    server = _Watched(llama.server)
+    watched = llama.model_copy(update={"server": server})
+    started, first = threading.Event(), []
+
+    def answer_first() -> None:
+        for chunk in watched.stream(COUNT):
+            started.set()
+            first.append(str(chunk.content))
+
+    worker = threading.Thread(target=answer_first)
+    worker.start()
+    assert started.wait(60)
+    english = _rag("en", "How long is the battery module covered by the warranty?")
+    with pytest.raises(LLMTimeout):
+        list(stream_within(watched, english, Deadline(0.2, "the local model smollm2")))
+    worker.join(60)
+    assert not join_threads("rag-llamacpp", timeout_s=10)
+    assert "".join(first) and len(server.answers) == 1 and not server.primes, "neither primed nor read"
 
 
 def test_stop_strings_cut_the_answer_before_them(llama) -> None:
