@@ -182,9 +182,10 @@ class LlamaCppChatModel(InProcessChatModel):
 
 def _prime(conversation: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A request that leaves the slot holding the system prompt and, after it, only the header of a
-    reply, which no question's prompt shares: the conversation's system message alone, read but
-    not answered.  The system prompt is read as one batch the first time, and kept.  None for a
-    conversation without one: it is read whole, uncached."""
+    reply, which no question's prompt shares: the conversation's system message alone, read, with
+    one token decoded after it that nobody reads (about 30 ms; `max_tokens` 0 still decodes one).
+    The system prompt is read as one batch the first time, and kept.  None for a conversation
+    without one: it is read whole, uncached."""
     if len(conversation) < 2 or conversation[0]["role"] != "system":
         return None
     return {"messages": conversation[:1], "max_tokens": 0, "temperature": 0.0, "cache_prompt": True}
