@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets import QAItem, write_corpus
+from eval.datasets import QAItem, write_corpus, write_qa
 from tests.conftest import MODEL_CACHE, qa_settings
 
 # Six one-sentence documents, one fact each, and questions over them.
@@ -45,6 +45,22 @@ def mini_kb(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
     with open_for_ingest(settings, "mini", embedder) as kb:
         report = IngestPipeline(settings, embedder, kb).run([folder])
     assert report.added == len(DOCS)
+    return data
+
+
+def pump_base(
+    factory: pytest.TempPathFactory, embedder, docs: dict[str, dict[str, str]], questions: list[QAItem]
+) -> Path:
+    """The data dir of a knowledge base "pumps" holding `docs`, one file each, with `questions`
+    written beside it as qa.jsonl (the reranker's and the embedder's generated pump corpora)."""
+    from ingest.pipeline import IngestPipeline, open_for_ingest
+
+    data = factory.mktemp("pumps") / "data"
+    folder = write_corpus(docs, data.parent / "corpus")
+    settings = qa_settings(data)
+    with open_for_ingest(settings, "pumps", embedder) as kb:
+        assert IngestPipeline(settings, embedder, kb).run([folder]).added == len(docs)
+    write_qa(questions, data.parent / "qa.jsonl")
     return data
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from eval.datasets import QAItem, write_corpus, write_qa
+from eval.datasets import QAItem
 from rag.tune.embedder import EmbedderConfig, train_embedder, triplets
 from rag.tune.reranker import mine
 from rag.tune.train import TrainError
 from tests.conftest import qa_settings
 from tests.hostile.conftest import rag
+from tests.tune.conftest import pump_base
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +50,7 @@ def _questions(pumps) -> list[QAItem]:
 
 @pytest.fixture(scope="module")
 def pumps(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
-    from ingest.pipeline import IngestPipeline, open_for_ingest
-
-    data = tmp_path_factory.mktemp("pumps") / "data"
-    folder = write_corpus(_docs(), data.parent / "corpus")
-    settings = qa_settings(data)
-    with open_for_ingest(settings, "pumps", embedder) as kb:
-        assert IngestPipeline(settings, embedder, kb).run([folder]).added == 3 * len(PUMPS)
-    write_qa(_questions(k for k in PUMPS if k not in HELD_OUT), data.parent / "qa.jsonl")
-    return data
+    return pump_base(tmp_path_factory, embedder, _docs(), _questions([k for k in PUMPS if k not in HELD_OUT]))
 
 
 def _gold_ranks(data: Path, kb: str, model: str | None = None) -> list[int]:

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.datasets import QAItem, write_corpus, write_qa
+from eval.datasets import QAItem
 from rag.reranker import Reranker, read_calibration
 from rag.tune.reranker import NEGATIVE, POSITIVE, RerankerConfig, mine, threshold_for, train_reranker
 from rag.tune.train import TrainError
 from tests.conftest import qa_settings
 from tests.hostile.conftest import rag
+from tests.tune.conftest import pump_base
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +45,7 @@ def _questions(pumps) -> list[QAItem]:
 
 @pytest.fixture(scope="module")
 def pumps(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
-    from ingest.pipeline import IngestPipeline, open_for_ingest
-
-    data = tmp_path_factory.mktemp("pumps") / "data"
-    folder = write_corpus(_docs(), data.parent / "corpus")
-    settings = qa_settings(data)
-    with open_for_ingest(settings, "pumps", embedder) as kb:
-        assert IngestPipeline(settings, embedder, kb).run([folder]).added == 2 * len(PUMPS)
-    write_qa(_questions(k for k in PUMPS if k not in HELD_OUT), data.parent / "qa.jsonl")
-    return data
+    return pump_base(tmp_path_factory, embedder, _docs(), _questions([k for k in PUMPS if k not in HELD_OUT]))
 
 
 def _retriever(data: Path, embedder):
