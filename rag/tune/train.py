@@ -358,20 +358,20 @@ def training_arguments(config: Any, checkpoints: Path, validate: bool, **overrid
     return TrainingArguments(**(settings | overrides))
 
 
-def publish(out: Path, write: Callable[[Path], None], record: dict[str, Any]) -> None:
-    """`write(folder)` into a temporary sibling of `out`, its files moved into `out`, then
-    training.json last: once it is there the folder is complete, and prepare_checkpoints treats it
-    as a finished model that no later run may overwrite."""
+def publish(out: Path, write: Callable[[Path], None], record: dict[str, Any], last: str = TRAINING_FILE) -> None:
+    """`write(folder)` into a temporary sibling of `out`, `record` beside it as training.json, then
+    everything moved into `out`, `last` at the end: once `last` is there the folder is complete (a
+    finished model that prepare_checkpoints lets no later run overwrite; an adapter vLLM can load)."""
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
+    write_json(tmp / TRAINING_FILE, record)
     out.mkdir(parents=True, exist_ok=True)
-    for item in sorted(tmp.iterdir()):
+    for item in sorted(tmp.iterdir(), key=lambda p: (p.name == last, p.name)):
         if (out / item.name).is_dir():
             shutil.rmtree(out / item.name)
         os.replace(item, out / item.name)
     tmp.rmdir()
-    write_json(out / TRAINING_FILE, record)
 
 
 def save_adapter(model: Any, config: TrainConfig, result: TrainResult, data_digest: str) -> None:
@@ -381,11 +381,6 @@ def save_adapter(model: Any, config: TrainConfig, result: TrainResult, data_dige
     problems = vllm_problems(lora_config, names)
     if problems:
         raise TrainError("refusing to save an adapter vLLM would not serve: " + "; ".join(problems))
-    out = Path(config.out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    check_adapter(tmp)
     record = {
         "base": config.base_name or config.base,
         "base_path": config.base,
@@ -400,9 +395,9 @@ def save_adapter(model: Any, config: TrainConfig, result: TrainResult, data_dige
         "final_train_loss": result.losses[-1][1] if result.losses else None,
         "validation_losses": result.validation_losses,
     }
-    (tmp / TRAINING_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    out.mkdir(parents=True, exist_ok=True)
-    # adapter_config.json last: once it is there, the folder is a complete adapter.
-    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "adapter_config.json"):
-        os.replace(item, out / item.name)
-    tmp.rmdir()
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        check_adapter(folder)
+
+    publish(Path(config.out), write, record, last="adapter_config.json")
