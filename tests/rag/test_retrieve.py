@@ -157,6 +157,60 @@ def test_filters_restrict_documents(sample_kb_dir, embedder) -> None:
         assert retriever.search("warranty", filters=Filters(path_glob="*.docx")).hits == []
 
 
+PUMP_MANUAL = {
+    "p7-spring.txt": "Every spring the P7 pump needs its impeller inspected for wear before the irrigation season starts.",
+    "p7-season.txt": "Before the irrigation season, the P7 pump is primed and its impeller checked.",
+    "p7-impeller.txt": "The P7 impeller is inspected by removing the volute cover and checking the vane tips for pitting.",
+    "vanes.txt": "Worn vane tips and pitting mean the impeller must be replaced with kit K-22.",
+    "car.txt": "A car needs its tyres checked every spring after winter driving.",
+    "garden.txt": "In spring the garden beds need compost and the roses need pruning.",
+    "office.txt": "Spring cleaning of the office kitchen is done every April by the facilities team.",
+}
+
+
+@pytest.fixture(scope="module")
+def pump_manual(tmp_path_factory: pytest.TempPathFactory, embedder):
+    folder = tmp_path_factory.mktemp("pump-manual")
+    for name, text in PUMP_MANUAL.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    settings = qa_settings(tmp_path_factory.mktemp("pump-data"))
+    with open_for_ingest(settings, "pumps", embedder) as kb:
+        IngestPipeline(settings, embedder, kb).run([folder])
+    with LocalStore.open(settings.kb_dir("pumps")) as kb:
+        yield kb
+
+
+def test_feedback_brings_up_the_passage_worded_like_the_best_ones_not_like_the_question(pump_manual, embedder) -> None:
+    """The question shares "needs ... checked every spring" with the car passage and hardly a word
+    with how the impeller is inspected; the two best passages are about that impeller."""
+    question = "What does the P7 pump need every spring?"
+
+    def top3(feedback: int) -> list[str]:
+        settings = RetrieveSettings(feedback_passages=feedback, top_k=3)
+        return [Path(h.chunk.source).stem for h in Retriever(pump_manual, embedder, settings).search(question).hits]
+
+    assert top3(0) == ["p7-spring", "p7-season", "car"]
+    assert top3(2) == ["p7-spring", "p7-season", "p7-impeller"]
+
+
+def test_feedback_keeps_the_gate_on_the_question_and_the_search_within_the_filters(pump_manual, embedder) -> None:
+    plain = Retriever(pump_manual, embedder, RetrieveSettings(top_k=7)).search("How do I prune roses?")
+    moved = Retriever(pump_manual, embedder, RetrieveSettings(feedback_passages=2, top_k=7)).search(
+        "How do I prune roses?"
+    )
+    closeness = {h.chunk.chunk_id: (h.similarity, h.coverage) for h in plain.hits}
+    assert {h.chunk.chunk_id: (h.similarity, h.coverage) for h in moved.hits} == closeness
+    assert [Path(h.chunk.source).stem for h in moved.relevant] == ["garden"]
+
+    only_p7 = Filters(path_glob="p7-*")
+    hits = (
+        Retriever(pump_manual, embedder, RetrieveSettings(feedback_passages=2))
+        .search("What does the P7 pump need every spring?", filters=only_p7)
+        .hits
+    )
+    assert sorted(Path(h.chunk.source).stem for h in hits) == ["p7-impeller", "p7-season", "p7-spring"]
+
+
 def test_a_base_built_by_another_model_is_refused(sample_kb_dir, embedder) -> None:
     from rag.config import EmbedSettings
     from rag.embed import Embedder
