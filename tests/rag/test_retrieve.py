@@ -158,9 +158,11 @@ def test_filters_restrict_documents(sample_kb_dir, embedder) -> None:
 
 
 PUMP_MANUAL = {
-    "p7-spring.txt": "Every spring the P7 pump needs its impeller inspected for wear before the irrigation season starts.",
+    "p7-spring.txt": "Every spring the P7 pump needs its impeller inspected for wear before the irrigation season "
+    "starts.",
     "p7-season.txt": "Before the irrigation season, the P7 pump is primed and its impeller checked.",
-    "p7-impeller.txt": "The P7 impeller is inspected by removing the volute cover and checking the vane tips for pitting.",
+    "p7-impeller.txt": "The P7 impeller is inspected by removing the volute cover and checking the vane tips for "
+    "pitting.",
     "vanes.txt": "Worn vane tips and pitting mean the impeller must be replaced with kit K-22.",
     "car.txt": "A car needs its tyres checked every spring after winter driving.",
     "garden.txt": "In spring the garden beds need compost and the roses need pruning.",
