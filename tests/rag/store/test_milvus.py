@@ -58,12 +58,16 @@ QUESTIONS = [
 ]
 
 
-def retrieved(data: Path, name: str, embedder, **store: str) -> list[list[tuple[str, int | None, str, bool]]]:
+def retrieved(
+    data: Path, name: str, embedder, feedback: int = 0, **store: str
+) -> list[list[tuple[str, int | None, str, bool]]]:
     """What each of QUESTIONS retrieves from base `name` (in-process, the retriever `rag ask` uses):
-    (file, page, text, passed the gate) per hit, best first."""
+    (file, page, text, passed the gate) per hit, best first.  `feedback`: retrieve.feedback_passages."""
     from rag.retrieve import Retriever
 
-    settings = load_settings(data_dir=data, store=store or {"backend": "local"})
+    settings = load_settings(
+        data_dir=data, store=store or {"backend": "local"}, retrieve={"feedback_passages": feedback}
+    )
     with open_store(settings, name) as kb:
         retriever = Retriever(kb, embedder, settings.retrieve)
         results = [retriever.search(q, mode=mode) for q, mode in QUESTIONS]
@@ -91,6 +95,8 @@ def test_the_samples_on_milvus_answer_like_the_local_store(tmp_path: Path, embed
     cited = [[(Path(c["source"]).name, c["page"]) for c in s["citations"]] for s in shown]
     assert cited[0] == cited[1] == [("helios-h10-warranty.pdf", 2)]
     assert retrieved(data, "sample", embedder, **LITE) == retrieved(data, "sample", embedder)
+    with_feedback = retrieved(data, "sample", embedder, feedback=3)  # reads the stored vectors back
+    assert retrieved(data, "sample", embedder, feedback=3, **LITE) == with_feedback
     again = rag("ingest", str(SAMPLES), "--kb", "sample", data=data, **on)
     assert again.code == 0 and "nothing new" in again.out, "content-hash skips, as locally"
     show = rag("kb", "show", "sample", data=data, **on)
