@@ -418,11 +418,11 @@ def report_size(size: int, build_s: float, reused: bool, res: dict) -> dict:
     print(f"\n=== {res['chunks']:,} chunks ({built}; {res['disk_mib']:.0f} MiB on disk), {n} queries ===")
     load = res["load_avg"]
     print(f"  1-minute load average {load[0]:.2f} -> {load[1]:.2f} over the timed queries ({os.cpu_count()} CPUs)")
-    print(f"  floor  p50 {p['floor'][0]:7.2f} ms  p95 {p['floor'][1]:7.2f} ms", end="")
+    print(f"  floor    p50 {p['floor'][0]:7.2f} ms  p95 {p['floor'][1]:7.2f} ms", end="")
     print(f"   (encode p50 {p['encode'][0]:.2f} ms + flat FAISS top-50 p50 {p['faiss'][0]:.2f} ms)")
     for mode in MODES[1:]:
         got = res["answered"][mode]
-        print(f"  {mode:<6} p50 {p[mode][0]:7.2f} ms  p95 {p[mode][1]:7.2f} ms   ({got}/{n} queries got hits)")
+        print(f"  {mode:<8} p50 {p[mode][0]:7.2f} ms  p95 {p[mode][1]:7.2f} ms   ({got}/{n} queries got hits)")
     print(f"  RATIO feedback p50 / hybrid p50: {p['feedback'][0] / p['hybrid'][0]:.2f}x (the cost of searching again)")
     tail = "" if size == TARGET_SIZE else f" (target applies at {TARGET_SIZE:,})"
     ok = row["floor_ratio"] <= FLOOR_TARGET

@@ -89,7 +89,8 @@ class Retriever:
         dense_weight = s.dense_weight_zh if zh and s.dense_weight_zh is not None else s.dense_weight
         weights = {"dense": dense_weight, "bm25": s.bm25_weight}
         fused = self._fuse(ranked, qvec, lexical_query, weights)
-        if s.feedback_passages and "dense" in ranked and fused:
+        # Feedback moves the dense search only: weighted 0 (Chinese questions, by default), it is left out.
+        if s.feedback_passages and weights["dense"] and "dense" in ranked and fused:
             moved = self._moved_toward(qvec, [cid for cid, _ in fused[: s.feedback_passages]])
             ranked = {**ranked, "dense": self.kb.dense_candidates(moved, s.candidates, allowed)}
             fused = self._fuse(ranked, moved, lexical_query, weights)

@@ -213,6 +213,19 @@ def test_feedback_keeps_the_gate_on_the_question_and_the_search_within_the_filte
     assert sorted(Path(h.chunk.source).stem for h in hits) == ["p7-impeller", "p7-season", "p7-spring"]
 
 
+def test_feedback_leaves_chinese_questions_as_they_were_while_the_dense_side_is_weighted_0(
+    sample_kb_dir, embedder
+) -> None:
+    """The English-only embedder gets weight 0 for Chinese (dense_weight_zh): moving its vector
+    could only reshuffle BM25's ties, which are broken by the dense ranks."""
+    with LocalStore.open(sample_kb_dir / "kb" / "sample") as kb:
+        for question in ["海川 H10 的保修期是多久？", "逆变器的工作模式有哪些？"]:
+            plain, moved = (
+                Retriever(kb, embedder, RetrieveSettings(feedback_passages=n)).search(question).hits for n in (0, 3)
+            )
+            assert [(h.chunk.chunk_id, h.sources) for h in moved] == [(h.chunk.chunk_id, h.sources) for h in plain]
+
+
 def test_a_base_built_by_another_model_is_refused(sample_kb_dir, embedder) -> None:
     from rag.config import EmbedSettings
     from rag.embed import Embedder
