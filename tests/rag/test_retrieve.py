@@ -26,6 +26,17 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def ingested(factory: pytest.TempPathFactory, name: str, files: dict[str, str], embedder) -> LocalStore:
+    """Base `name` holding `files` (file name -> text), ingested as `rag ingest` does, open."""
+    folder = factory.mktemp(f"{name}-docs")
+    for file, text in files.items():
+        (folder / file).write_text(text, encoding="utf-8")
+    settings = qa_settings(factory.mktemp(f"{name}-data"))
+    with open_for_ingest(settings, name, embedder) as kb:
+        IngestPipeline(settings, embedder, kb).run([folder])
+    return LocalStore.open(settings.kb_dir(name))
+
+
 @pytest.fixture(scope="module")
 def scifact(tmp_path_factory: pytest.TempPathFactory, embedder):
     """The gold abstracts of the first test queries plus random distractors, ingested as files."""
@@ -39,15 +50,9 @@ def scifact(tmp_path_factory: pytest.TempPathFactory, embedder):
             gold[qid] = did
     pool = sorted(set(corpus) - set(gold.values()))
     chosen = set(gold.values()) | set(random.Random(7).sample(pool, 60))
-    folder = tmp_path_factory.mktemp("scifact-docs")
-    for did in chosen:
-        (folder / f"{did}.txt").write_text(f"{corpus[did]['title']}\n\n{corpus[did]['text']}", encoding="utf-8")
-    settings = qa_settings(tmp_path_factory.mktemp("scifact-data"))
-    with open_for_ingest(settings, "scifact", embedder) as kb:
-        IngestPipeline(settings, embedder, kb).run([folder])
-    kb = LocalStore.open(settings.kb_dir("scifact"))
-    yield kb, [(queries[q], d) for q, d in gold.items()]
-    kb.close()
+    files = {f"{did}.txt": f"{corpus[did]['title']}\n\n{corpus[did]['text']}" for did in chosen}
+    with ingested(tmp_path_factory, "scifact", files, embedder) as kb:
+        yield kb, [(queries[q], d) for q, d in gold.items()]
 
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
@@ -172,13 +177,7 @@ PUMP_MANUAL = {
 
 @pytest.fixture(scope="module")
 def pump_manual(tmp_path_factory: pytest.TempPathFactory, embedder):
-    folder = tmp_path_factory.mktemp("pump-manual")
-    for name, text in PUMP_MANUAL.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    settings = qa_settings(tmp_path_factory.mktemp("pump-data"))
-    with open_for_ingest(settings, "pumps", embedder) as kb:
-        IngestPipeline(settings, embedder, kb).run([folder])
-    with LocalStore.open(settings.kb_dir("pumps")) as kb:
+    with ingested(tmp_path_factory, "pumps", PUMP_MANUAL, embedder) as kb:
         yield kb
 
 
